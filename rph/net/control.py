@@ -1,0 +1,111 @@
+"""The endpoints RPH answers itself, on every port.
+
+`/startcoordinator` and `/stopcoordinator` switch the pausables on and off;
+`/rph/status` shows everything; `/rph/apps/NAME/start` and `.../stop`
+preload and unload an app. They change which program holds the GPU, so a
+web page must not reach them: a request a browser marks as cross-site is
+refused, and so, on a loopback listener, is a `Host` that is not a loopback
+name (a DNS-rebound name would otherwise pass as same-site).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from rph.errors import Forbidden, MethodNotAllowed, NoRoute
+from rph.net.http import Request
+from rph.proc.supervisor import Supervisor
+
+COORDINATOR_PATHS = ("/startcoordinator", "/stopcoordinator")
+PREFIX = "/rph/"
+
+
+def is_control(path: str) -> bool:
+    return path in COORDINATOR_PATHS or path.startswith(PREFIX) or path == "/rph"
+
+
+async def answer(
+    request: Request, supervisor: Supervisor, loopback_listener: bool
+) -> tuple[int, bytes]:
+    """Carry out a control request; returns the status and JSON body.
+
+    Raises an RPHError (403, 404, 405) that changes nothing.
+    """
+    _check_origin(request, loopback_listener)
+    path, method = request.path, request.method
+    if path in COORDINATOR_PATHS:
+        _allow(method, b"GET", b"POST")
+        supervisor.set_coordinator(path == "/startcoordinator")
+        return 200, _dump(_coordinator(supervisor))
+
+    if path == "/rph/status":
+        _allow(method, b"GET", b"HEAD")
+        return 200, _dump(supervisor.status())
+
+    parts = path.removeprefix(PREFIX).split("/")
+    if len(parts) == 3 and parts[0] == "apps" and parts[2] in ("start", "stop"):
+        _allow(method, b"POST")
+        name = parts[1]
+        supervisor.app(name)  # 404 for an unknown name
+        if parts[2] == "start":
+            await supervisor.preload(name)
+        else:
+            await supervisor.unload(name)
+        return 200, _dump(_one_app(supervisor, name))
+    raise NoRoute(f"RPH has no control endpoint {path}")
+
+
+def _coordinator(supervisor: Supervisor) -> dict[str, Any]:
+    status = supervisor.status()
+    return {"coordinator": status["coordinator"], "pausables": status["pausables"]}
+
+
+def _one_app(supervisor: Supervisor, name: str) -> dict[str, Any]:
+    apps = supervisor.status()["apps"]
+    return next(app for app in apps if app["name"] == name)
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _allow(method: bytes, *allowed: bytes) -> None:
+    if method not in allowed:
+        names = ", ".join(m.decode() for m in allowed)
+        raise MethodNotAllowed(f"use {names} for this endpoint")
+
+
+def _check_origin(request: Request, loopback_listener: bool) -> None:
+    fetch_site = (request.header(b"sec-fetch-site") or b"").lower()
+    if fetch_site == b"cross-site":
+        raise Forbidden("control endpoints refuse cross-site requests")
+
+    host = _hostname((request.header(b"host") or b"").decode("latin-1"))
+    origin = request.header(b"origin")
+    if origin is not None:
+        origin_host = urlsplit(origin.decode("latin-1")).hostname
+        if origin_host is None or origin_host != host:
+            raise Forbidden("control endpoints refuse requests from another site")
+
+    if loopback_listener and host and not is_loopback_name(host):
+        raise Forbidden(f"control endpoints answer only loopback names, not {host!r}")
+
+
+def _hostname(host_header: str) -> str:
+    """The host part of a Host header value, lower case, without brackets."""
+    if not host_header:
+        return ""
+    return (urlsplit("//" + host_header).hostname or "").lower()
+
+
+def is_loopback_name(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

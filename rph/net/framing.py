@@ -1,0 +1,183 @@
+"""Where a backend's response ends, found without touching its bytes.
+
+RPH relays responses byte for byte; it follows their framing (RFC 9112
+§6.3) only to know when a response is over, so that the client connection
+can carry the next request. The head is parsed just enough for that: the
+status, `Content-Length`, `Transfer-Encoding` and `Connection`. A head that
+could be framed two ways is refused (502), as a request would be (400).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from rph.errors import BackendFailed
+
+# A response head larger than this is not from a server RPH fronts.
+RESPONSE_HEAD_LIMIT = 64 * 1024
+
+# A chunk-size line or trailer longer than this is garbage, not framing.
+_LINE_LIMIT = 4096
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: [^\r\n]*)?\r?")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+class Framing(enum.Enum):
+    NONE = "no body"  # HEAD, 1xx, 204, 304
+    LENGTH = "content-length"
+    CHUNKED = "chunked"
+    CLOSE = "until close"
+    TUNNEL = "switching protocols"
+
+
+@dataclass
+class ResponseHead:
+    raw: bytes
+    status: int
+    http10: bool
+    framing: Framing
+    length: int
+    connection_tokens: frozenset[bytes]
+
+    @property
+    def backend_keeps_alive(self) -> bool:
+        """Whether the backend leaves its connection open after this one."""
+        if self.framing is Framing.CLOSE:
+            return False
+        if self.http10:
+            return b"keep-alive" in self.connection_tokens
+        return b"close" not in self.connection_tokens
+
+    def saying_close(self) -> bytes:
+        """The head as the client must see it when RPH closes afterwards.
+
+        Node's HTTP agent reuses a socket unless the response says it
+        closes; an HTTP/1.0 status line without keep-alive says so, else a
+        `Connection: close` replaces whatever `Connection` said.
+        """
+        if self.http10 and b"keep-alive" not in self.connection_tokens:
+            return self.raw
+        if not self.http10 and b"close" in self.connection_tokens:
+            return self.raw
+        lines = self.raw.rstrip(b"\r\n").split(b"\n")
+        kept = [
+            line
+            for line in lines
+            if not line.lower().startswith((b"connection:", b"keep-alive:"))
+        ]
+        return b"\n".join(kept) + b"\r\nConnection: close\r\n\r\n"
+
+
+def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """The length of the head at the start of `buffer`, or -1 if incomplete.
+
+    `start` is where to search from: what was searched before holds no end.
+    """
+    match = _HEAD_END.search(buffer, start)
+    return match.end() if match else -1
+
+
+def parse_response_head(raw: bytes, method: bytes) -> ResponseHead:
+    """Parse a complete response head; raises BackendFailed (502)."""
+    lines = raw.rstrip(b"\r\n").split(b"\n")
+    status_match = _STATUS_LINE.fullmatch(lines[0])
+    if not status_match:
+        raise BackendFailed("the backend answered something that is not HTTP/1.x")
+    http10 = status_match.group(1) == b"0"
+    status = int(status_match.group(2))
+
+    lengths: set[bytes] = set()
+    codings: list[bytes] = []
+    tokens: set[bytes] = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or name != name.strip() or not name:
+            raise BackendFailed("the backend sent a malformed response header")
+        name, value = name.lower(), value.strip()
+        if name == b"content-length":
+            lengths.update(v.strip() for v in value.split(b","))
+        elif name == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",")]
+        elif name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+
+    if codings and (lengths or http10):
+        raise BackendFailed("the backend framed its response two ways")
+    if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+        raise BackendFailed("the backend sent a bad Content-Length")
+
+    length = int(next(iter(lengths))) if lengths else 0
+    if status == 101:
+        framing = Framing.TUNNEL
+    elif method == b"HEAD" or status < 200 or status in (204, 304):
+        framing = Framing.NONE
+    elif codings:
+        framing = Framing.CHUNKED if codings[-1] == b"chunked" else Framing.CLOSE
+    elif lengths:
+        framing = Framing.LENGTH
+    else:
+        framing = Framing.CLOSE
+    return ResponseHead(raw, status, http10, framing, length, frozenset(tokens))
+
+
+class _Chunk(enum.Enum):
+    SIZE = 1
+    DATA = 2
+    DATA_END = 3
+    TRAILER = 4
+
+
+class ChunkedTracker:
+    """Follows a chunked body as it passes, to tell where it ends."""
+
+    def __init__(self) -> None:
+        self._state = _Chunk.SIZE
+        self._remaining = 0
+        self._line = b""
+
+    def feed(self, data: bytes) -> int:
+        """How many bytes of `data` belong to the body; -1 if all, and more.
+
+        A return of n >= 0 means the body ended after `data[:n]`. Raises
+        ValueError on framing that is not chunked encoding.
+        """
+        pos, size = 0, len(data)
+        while pos < size:
+            if self._state is _Chunk.DATA:
+                taken = min(self._remaining, size - pos)
+                pos += taken
+                self._remaining -= taken
+                if not self._remaining:
+                    self._state = _Chunk.DATA_END
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > _LINE_LIMIT:
+                    raise ValueError("chunk line too long")
+                return -1
+            line = self._line + data[pos:newline]
+            self._line = b""
+            pos = newline + 1
+            if self._end_of_line(line.rstrip(b"\r")):
+                return pos
+        return -1
+
+    def _end_of_line(self, line: bytes) -> bool:
+        if self._state is _Chunk.SIZE:
+            digits = line.split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(digits):
+                raise ValueError("bad chunk size")
+            self._remaining = int(digits, 16)
+            self._state = _Chunk.DATA if self._remaining else _Chunk.TRAILER
+        elif self._state is _Chunk.DATA_END:
+            if line:
+                raise ValueError("chunk data longer than its size")
+            self._state = _Chunk.SIZE
+        elif not line:  # the blank line after the trailers ends the body
+            return True
+        return False

@@ -1,0 +1,70 @@
+"""Serving one port: accept connections, give each its request loop.
+
+A connection whose handling fails is logged once and closed; the listener
+and every other connection go on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import trio
+
+from rph.net.exchange import Exchange
+from rph.net.http import ClientConnection
+from rph.net.router import PortRouter
+from rph.proc.supervisor import Supervisor
+
+log = logging.getLogger("rph.net")
+
+
+async def serve_port(
+    host: str,
+    port: int,
+    router: PortRouter,
+    supervisor: Supervisor,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port until cancelled; `started` gets the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    loopback = _is_loopback(host)
+    names = ", ".join(app.name for app in router.apps)
+    log.info("listening on http://%s:%d for %s", _shown(host), bound, names)
+    task_status.started(bound)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        peer = _peer_of(stream)
+        exchange = Exchange(
+            ClientConnection(stream, peer), router, supervisor, loopback
+        )
+        try:
+            async with stream:
+                await exchange.serve()
+        except Exception:
+            log.exception("connection from %s failed", peer)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+def _peer_of(stream: trio.SocketStream) -> str:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(address[0])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,32 @@
+"""A broadcast of "something changed", for tasks that wait on a condition.
+
+The supervisor's state (apps, queue, pausables, coordinator) changes in one
+thread, in small synchronous steps. Any task that waits for a condition on
+that state re-checks it after every change instead of holding a separate
+event per condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+
+class Changes:
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        """Wake every task waiting in `wait` or `wait_until`."""
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        """Block until the next `notify`."""
+        await self._event.wait()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Block until `condition()` holds; returns at once if it does."""
+        while not condition():
+            await self._event.wait()

@@ -1,0 +1,122 @@
+"""The record of what RPH started, so that no tree outlives a killed RPH.
+
+On Linux a child dies with RPH, but its own children do not, and macOS and
+Windows have no such signal at all. So RPH writes down every child it
+starts (pid, creation time, command line) in a state file, one per config
+file, and forgets it once its tree is gone. An RPH that starts and finds
+entries whose owner is dead ends those trees before it serves anything. The
+creation time tells a leftover from an unrelated process that was given a
+recycled pid: that one is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import trio
+
+from rph.proc import platform
+
+log = logging.getLogger("rph.proc")
+
+# Leftovers are killed outright (their owner is gone, nobody waits for a
+# polite stop); the kernel still needs a moment to free a large process.
+LEFTOVER_KILL_WAIT = 10.0
+
+
+class Ledger:
+    """The state file of one config: who owns it and which children live."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._children: dict[int, dict[str, object]] = {}
+
+    @classmethod
+    def for_config(cls, config_path: Path, folder: Path | None = None) -> Ledger:
+        """The ledger of `config_path`, kept in the user's state folder."""
+        digest = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()
+        folder = folder or platform.state_folder()
+        return cls(folder / f"children-{digest[:16]}.json")
+
+    def record(self, pid: int, created: float, argv: Sequence[str]) -> None:
+        self._children[pid] = {"pid": pid, "create_time": created, "argv": list(argv)}
+        self._write()
+
+    def forget(self, pid: int) -> None:
+        if self._children.pop(pid, None) is not None:
+            self._write()
+
+    async def end_leftovers(self) -> int:
+        """End the trees a killed predecessor left; returns how many.
+
+        Raises RuntimeError when another live RPH owns this config.
+        """
+        recorded = self._read()
+        owner = recorded.get("owner") or {}
+        if _is_running(owner) and owner.get("pid") != os.getpid():
+            raise RuntimeError(
+                f"another RPH (pid {owner['pid']}) is running with this config"
+            )
+
+        trees: list[psutil.Process] = []
+        for entry in recorded.get("children") or []:
+            pid, created = int(entry["pid"]), float(entry["create_time"])
+            members = platform.tree_members(pid, created)
+            if members:
+                log.warning(
+                    "ending %d leftover process(es) of %s (pid %d), started by"
+                    " an RPH that was killed",
+                    len(members),
+                    " ".join(entry.get("argv", []))[:200],
+                    pid,
+                )
+            trees.extend(members)
+        platform.kill_all(trees)
+        with trio.move_on_after(LEFTOVER_KILL_WAIT):
+            while any(platform.is_alive(p) for p in trees):  # noqa: ASYNC110
+                await trio.sleep(platform.EXIT_POLL_INTERVAL)
+        self._children.clear()
+        self._write()
+        return len(trees)
+
+    def close(self) -> None:
+        """Remove the file: a clean exit leaves nothing behind."""
+        if not self._children:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self) -> None:
+        me = {"pid": os.getpid(), "create_time": platform.create_time(os.getpid())}
+        data = {"owner": me, "children": list(self._children.values())}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self.path.with_suffix(".tmp")
+            scratch.write_bytes(orjson.dumps(data))
+            os.replace(scratch, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+
+
+def _is_running(entry: dict[str, Any]) -> bool:
+    pid, created = entry.get("pid"), entry.get("create_time")
+    if not isinstance(pid, int) or not isinstance(created, float | int):
+        return False
+    return (
+        platform.create_time(pid) != 0.0
+        and abs(platform.create_time(pid) - created) < platform.CREATE_TIME_SLACK
+    )

@@ -1,0 +1,39 @@
+"""Who already listens on a port RPH is about to start an app on.
+
+If an app's endpoint accepts connections before RPH started the app, the
+answers would come from a leftover or a stranger, not from the configured
+program: RPH refuses to start, naming the process that holds the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+
+from rph.proc import readiness
+
+
+async def holder_of(host: str, port: int) -> str | None:
+    """A description of whoever accepts connections there, or None."""
+    try:
+        candidates = await readiness.resolve(host, port)
+    except OSError:
+        return None
+    if await readiness.accepts_connections(candidates) is None:
+        return None
+    return _describe_listener(port) or "another program"
+
+
+def _describe_listener(port: int) -> str | None:
+    # Listing sockets may need privileges on macOS; then the port is only
+    # reported as taken, without a name.
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            listening = conn.status == psutil.CONN_LISTEN
+            if listening and conn.laddr and conn.laddr.port == port:
+                if conn.pid is None:
+                    return None
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline())[:200]})"
+    return None

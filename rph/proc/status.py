@@ -1,0 +1,63 @@
+"""The supervisor's state as plain data, for `/rph/status` and the CLI."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from rph.proc.ondemand import State
+
+if TYPE_CHECKING:
+    from rph.proc.supervisor import Supervisor
+
+# Status shows the tail of each program's output, not all that is kept.
+STATUS_LINES = 5
+
+
+def describe(supervisor: Supervisor) -> dict[str, Any]:
+    """Every app and pausable with its state; the coordinator's state."""
+    now = trio.current_time()
+    apps = []
+    for app in supervisor.apps.values():
+        child = app.child
+        deadline = app.idle_deadline()
+        lines = list(child.last_lines if child else app.last_lines)
+        apps.append(
+            {
+                "name": app.name,
+                "state": app.state.value,
+                "pid": child.pid if child else None,
+                "uptime": round(now - child.started_at, 1) if child else None,
+                "in_flight": app.in_flight,
+                "idle_stop_in": None
+                if deadline is None
+                else round(max(0.0, deadline - now), 1),
+                "starts": app.starts,
+                "restarts": app.crashes,
+                "port": app.config.port,
+                "path": app.config.path,
+                "endpoint": app.config.endpoint,
+                "last_output": lines[-STATUS_LINES:],
+                "ready": app.state is State.READY,
+            }
+        )
+    pausables = []
+    for pausable in supervisor.pausables:
+        child = pausable.child
+        lines = list(child.last_lines if child else pausable.last_lines)
+        pausables.append(
+            {
+                "name": pausable.name,
+                "state": pausable.state.value,
+                "pid": child.pid if child else None,
+                "uptime": round(now - child.started_at, 1) if child else None,
+                "restarts": pausable.restarts,
+                "last_output": lines[-STATUS_LINES:],
+            }
+        )
+    return {
+        "coordinator": "on" if supervisor.coordinator_on else "off",
+        "apps": apps,
+        "pausables": pausables,
+    }

@@ -1,0 +1,354 @@
+"""Leasing apps to requests: starts, conflicts, queueing, pausables, status.
+
+`net/` asks for one thing: `lease(name)`, a ready endpoint of that app, kept
+alive while the lease is held. Everything that decides when an app starts
+or stops happens here, in `_reconcile`, a synchronous step that runs after
+every change and so never sees the state half-way:
+
+1. Waiters for a ready app are admitted, unless a request for a
+   conflicting app has waited longer than `SWAP_GRACE` (then they queue
+   behind it, so a busy app cannot starve the other side).
+2. A ready app with no request in flight is stopped when a conflicting
+   app is waited for, or when it was asked to stop.
+3. Stopped apps that are waited for start, in arrival order, once nothing
+   that conflicts with them is active or waited for earlier.
+4. Pausables run while the coordinator is on and no app is active.
+
+Requests for two conflicting apps sent at once are thus served in batches
+(all of A, then all of B), and an app never stops under a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from rph.config import Config
+from rph.errors import NoRoute, NothingRunning, RPHError
+from rph.proc.changes import Changes
+from rph.proc.child import Child
+from rph.proc.leftovers import Ledger
+from rph.proc.ondemand import OnDemandApp, StartAttempt, State, describe_exit
+from rph.proc.pausable import Pausable
+from rph.proc.readiness import Endpoint
+
+log = logging.getLogger("rph.proc")
+
+# How long a request for a conflicting app may wait while the running app
+# keeps taking new requests. Long enough that requests sent together are
+# served in batches, short enough that a summarizer call is not starved by
+# a busy chat model.
+SWAP_GRACE = 10.0
+
+
+@dataclass(eq=False)
+class Waiter:
+    app: OnDemandApp
+    since: float
+    attempt: StartAttempt | None = None
+    admitted: bool = False
+    error: RPHError | None = None
+
+
+class Supervisor:
+    """Owns every app and pausable of one config."""
+
+    def __init__(
+        self, config: Config, ledger: Ledger | None, nursery: trio.Nursery
+    ) -> None:
+        self.apps = {app.name: OnDemandApp(app) for app in config.apps}
+        self.pausables = [Pausable(p, ledger) for p in config.pausables]
+        self.coordinator_on = True
+        self.changes = Changes()
+        self._queue: list[Waiter] = []
+        self._ledger = ledger
+        self._nursery = nursery
+        self._shutting_down = False
+
+    def __repr__(self) -> str:
+        apps = ", ".join(repr(app) for app in self.apps.values())
+        return f"<Supervisor queue={len(self._queue)} {apps}>"
+
+    # -- leases ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Endpoint]:
+        """A ready endpoint of app `name`, kept alive while held.
+
+        Starts the app (after stopping what conflicts with it) if needed.
+        Raises the start's error (502, 504) to every request that waited
+        for it.
+        """
+        app = self.apps[name]
+        if self._may_join(app):
+            app.in_flight += 1
+        else:
+            await self._wait_for_turn(app)
+        try:
+            assert app.endpoint is not None
+            yield app.endpoint
+        finally:
+            self._release(app)
+
+    @asynccontextmanager
+    async def lease_running(self, names: list[str]) -> AsyncIterator[Endpoint]:
+        """Like `lease`, for one of `names` that runs already; never starts.
+
+        The app with requests in flight is preferred: that is the one a
+        passive request such as an abort is meant for. Raises
+        NothingRunning (503) when none runs.
+        """
+        ready = [self.apps[n] for n in names if self.apps[n].state is State.READY]
+        if not ready:
+            raise NothingRunning(
+                "no app that could answer this request is running, and this"
+                " path never starts one"
+            )
+        app = max(ready, key=lambda a: a.in_flight > 0)
+        app.in_flight += 1
+        try:
+            assert app.endpoint is not None
+            yield app.endpoint
+        finally:
+            self._release(app)
+
+    def _release(self, app: OnDemandApp) -> None:
+        app.in_flight -= 1
+        app.last_active = trio.current_time()
+        if app.in_flight == 0:
+            self._reconcile()
+
+    async def _wait_for_turn(self, app: OnDemandApp) -> None:
+        waiter = Waiter(app, trio.current_time())
+        if app.state is State.STARTING:
+            waiter.attempt = app.attempt
+        self._queue.append(waiter)
+        try:
+            self._reconcile()
+            while not waiter.admitted:
+                if waiter.error:
+                    raise waiter.error
+                await self.changes.wait()
+        except BaseException:
+            # Cancelled (the client left) just as it was admitted: the lease
+            # that was counted for it is given back.
+            if waiter.admitted:
+                self._release(app)
+            raise
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                self._reconcile()
+
+    # -- control --------------------------------------------------------
+
+    def app(self, name: str) -> OnDemandApp:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise NoRoute(f"no on-demand app is named {name!r}") from None
+
+    async def preload(self, name: str) -> None:
+        """Start app `name` now, as a request would; returns when ready."""
+        async with self.lease(name):
+            pass
+
+    async def unload(self, name: str) -> None:
+        """Stop app `name` after its in-flight requests; returns when stopped."""
+        app = self.app(name)
+        if app.is_active():
+            app.stop_requested = True
+            self._reconcile()
+        await self.changes.wait_until(lambda: app.state is State.STOPPED)
+
+    def set_coordinator(self, on: bool) -> None:
+        if on != self.coordinator_on:
+            log.info("coordinator %s", "on" if on else "off")
+        self.coordinator_on = on
+        self._reconcile()
+
+    def pausables_wanted(self) -> bool:
+        return (
+            self.coordinator_on
+            and not self._shutting_down
+            and not self._queue
+            and not any(app.is_active() for app in self.apps.values())
+        )
+
+    def pause_reason(self) -> str:
+        if self._shutting_down:
+            return "shutdown"
+        if not self.coordinator_on:
+            return "coordinator off"
+        active = [app.name for app in self.apps.values() if app.is_active()]
+        waited = [w.app.name for w in self._queue]
+        return f"{', '.join(dict.fromkeys(active + waited))} needs the GPU"
+
+    # -- the one place that decides -------------------------------------
+
+    def _reconcile(self) -> None:
+        for waiter in self._queue:
+            if not waiter.admitted and self._may_join(waiter.app):
+                waiter.admitted = True
+                waiter.app.in_flight += 1
+        self._queue = [w for w in self._queue if not w.admitted]
+
+        for app in self.apps.values():
+            if app.state is not State.READY or app.in_flight:
+                continue
+            if app.stop_requested:
+                self._begin_stop(app, "unloaded")
+            elif rival := self._first_rival_waiting(app):
+                self._begin_stop(app, f"conflict with {rival.name}")
+
+        for index, waiter in enumerate(self._queue):
+            app = waiter.app
+            if app.state is State.STOPPED and self._may_start(app, index):
+                self._begin_start(app)
+        self.changes.notify()
+
+    def _may_join(self, app: OnDemandApp) -> bool:
+        if app.state is not State.READY or app.stop_requested or self._shutting_down:
+            return False
+        now = trio.current_time()
+        return not any(
+            w.app.conflicts_with(app) and now - w.since > SWAP_GRACE
+            for w in self._queue
+        )
+
+    def _may_start(self, app: OnDemandApp, position: int) -> bool:
+        if self._shutting_down:
+            return False
+        if any(o.is_active() and o.conflicts_with(app) for o in self.apps.values()):
+            return False
+        return not any(w.app.conflicts_with(app) for w in self._queue[:position])
+
+    def _first_rival_waiting(self, app: OnDemandApp) -> OnDemandApp | None:
+        for waiter in self._queue:
+            if waiter.app.conflicts_with(app):
+                return waiter.app
+        return None
+
+    # -- transitions ----------------------------------------------------
+
+    def _begin_start(self, app: OnDemandApp) -> None:
+        app.state = State.STARTING
+        app.attempt = attempt = StartAttempt()
+        for waiter in self._queue:
+            if waiter.app is app:
+                waiter.attempt = attempt
+        self._nursery.start_soon(self._run_start, app, attempt)
+
+    async def _run_start(self, app: OnDemandApp, attempt: StartAttempt) -> None:
+        try:
+            # The pausables see an active app and stop; the start goes on
+            # only once their trees have exited and the GPU is free.
+            await self.changes.wait_until(self._pausables_hold_nothing)
+            await app.start(self._ledger, self._nursery)
+        except RPHError as error:
+            log.error("%s", error.message)
+            app.state = State.STOPPED
+            app.attempt = None
+            for waiter in self._queue:
+                if waiter.attempt is attempt:
+                    waiter.error = error
+            self._queue = [w for w in self._queue if w.attempt is not attempt]
+            attempt.finish(error)
+        else:
+            app.state = State.READY
+            assert app.child is not None
+            self._nursery.start_soon(self._watch_for_crash, app, app.child)
+            attempt.finish()
+        self._reconcile()
+
+    def _pausables_hold_nothing(self) -> bool:
+        return all(p.holds_nothing() for p in self.pausables)
+
+    def _begin_stop(self, app: OnDemandApp, reason: str) -> None:
+        app.state = State.STOPPING
+        self._nursery.start_soon(self._run_stop, app, reason)
+
+    async def _run_stop(self, app: OnDemandApp, reason: str) -> None:
+        await app.stop(reason)
+        app.state = State.STOPPED
+        app.stop_requested = False
+        self._reconcile()
+
+    async def _watch_for_crash(self, app: OnDemandApp, child: Child) -> None:
+        await child.exited.wait()
+        if child.stopping or app.child is not child:
+            return
+        app.crashes += 1
+        log.warning(
+            "%s exited by itself (%s); the next request starts it again",
+            app.name,
+            describe_exit(child.returncode),
+        )
+        self._begin_stop(app, "crashed")
+
+    async def watch_idle(self, app: OnDemandApp) -> None:
+        """Stop `app` `timeout` after its last request; never returns."""
+        while True:
+            deadline = app.idle_deadline()
+            if deadline is None:
+                await self.changes.wait()
+                continue
+            with trio.move_on_at(deadline):
+                await self.changes.wait()
+                continue
+            if app.idle_deadline() == deadline:
+                minutes = (app.config.timeout or 0) / 60
+                self._begin_stop(app, f"idle for {minutes:g} min")
+                self._reconcile()
+
+    # -- shutdown and status ---------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every app and pausable tree; returns when all are gone."""
+        self._shutting_down = True
+        self._reconcile()
+        async with trio.open_nursery() as nursery:
+            for app in self.apps.values():
+                if app.child is not None:
+                    nursery.start_soon(app.stop, "shutdown")
+        await self.changes.wait_until(self._pausables_hold_nothing)
+
+    def kill_now(self) -> None:
+        """The second Ctrl-C: kill every tree at once, waiting for nothing."""
+        from rph.proc import platform
+
+        children = [app.child for app in self.apps.values()]
+        children += [p.child for p in self.pausables]
+        for child in children:
+            if child is not None:
+                platform.kill_group(child.pid)
+                platform.kill_all(platform.tree_members(child.pid, child.create_time))
+
+    def status(self) -> dict[str, Any]:
+        from rph.proc.status import describe
+
+        return describe(self)
+
+
+@asynccontextmanager
+async def open_supervisor(
+    config: Config, ledger: Ledger | None = None
+) -> AsyncIterator[Supervisor]:
+    """Run a supervisor for `config`; on exit every tree is stopped."""
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(config, ledger, nursery)
+        for pausable in supervisor.pausables:
+            nursery.start_soon(pausable.run, supervisor)
+        for app in supervisor.apps.values():
+            nursery.start_soon(supervisor.watch_idle, app)
+        try:
+            yield supervisor
+        finally:
+            with trio.CancelScope(shield=True):
+                await supervisor.shutdown()
+            nursery.cancel_scope.cancel()
