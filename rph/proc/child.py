@@ -147,7 +147,9 @@ class Child:
         # Grandchildren send no exit notification to RPH: they are polled.
         while any(platform.is_alive(p) for p in members):  # noqa: ASYNC110
             await trio.sleep(platform.EXIT_POLL_INTERVAL)
-        await self.exited.wait()
+        # Reap the child here too: its watcher may have been cancelled.
+        if self.returncode is None:
+            self.returncode = self._popen.poll()
 
     async def _pump_output(self) -> None:
         pending = b""

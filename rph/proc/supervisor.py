@@ -69,6 +69,8 @@ class Supervisor:
         self._ledger = ledger
         self._nursery = nursery
         self._shutting_down = False
+        self._starts: dict[str, trio.CancelScope] = {}
+        self.closed = trio.Event()
 
     def __repr__(self) -> str:
         apps = ", ".join(repr(app) for app in self.apps.values())
@@ -246,10 +248,14 @@ class Supervisor:
 
     async def _run_start(self, app: OnDemandApp, attempt: StartAttempt) -> None:
         try:
-            # The pausables see an active app and stop; the start goes on
-            # only once their trees have exited and the GPU is free.
-            await self.changes.wait_until(self._pausables_hold_nothing)
-            await app.start(self._ledger, self._nursery)
+            with trio.CancelScope() as scope:
+                self._starts[app.name] = scope
+                # The pausables see an active app and stop; the start goes on
+                # only once their trees have exited and the GPU is free.
+                await self.changes.wait_until(self._pausables_hold_nothing)
+                await app.start(self._ledger, self._nursery)
+            if scope.cancelled_caught:
+                raise NothingRunning("RPH is shutting down")
         except RPHError as error:
             log.error("%s", error.message)
             app.state = State.STOPPED
@@ -264,6 +270,8 @@ class Supervisor:
             assert app.child is not None
             self._nursery.start_soon(self._watch_for_crash, app, app.child)
             attempt.finish()
+        finally:
+            self._starts.pop(app.name, None)
         self._reconcile()
 
     def _pausables_hold_nothing(self) -> bool:
@@ -309,14 +317,23 @@ class Supervisor:
     # -- shutdown and status ---------------------------------------------
 
     async def shutdown(self) -> None:
-        """Stop every app and pausable tree; returns when all are gone."""
+        """Stop every app and pausable tree; returns when all are gone.
+
+        Called once the listeners are closed, so no request holds a lease.
+        """
         self._shutting_down = True
+        for scope in self._starts.values():
+            scope.cancel()
+        for app in self.apps.values():
+            if app.state is State.READY:
+                self._begin_stop(app, "shutdown")
         self._reconcile()
-        async with trio.open_nursery() as nursery:
-            for app in self.apps.values():
-                if app.child is not None:
-                    nursery.start_soon(app.stop, "shutdown")
-        await self.changes.wait_until(self._pausables_hold_nothing)
+        await self.changes.wait_until(self._all_stopped)
+        self.closed.set()
+
+    def _all_stopped(self) -> bool:
+        apps_stopped = all(a.state is State.STOPPED for a in self.apps.values())
+        return apps_stopped and self._pausables_hold_nothing()
 
     def kill_now(self) -> None:
         """The second Ctrl-C: kill every tree at once, waiting for nothing."""
@@ -339,16 +356,33 @@ class Supervisor:
 async def open_supervisor(
     config: Config, ledger: Ledger | None = None
 ) -> AsyncIterator[Supervisor]:
-    """Run a supervisor for `config`; on exit every tree is stopped."""
+    """Run a supervisor for `config`; on exit every tree is stopped.
+
+    Its tasks run shielded from the caller's cancellation: a Ctrl-C that
+    cancels the listeners must not also cancel the tasks that stop the
+    trees, or children would outlive RPH.
+    """
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(config, ledger, nursery)
-        for pausable in supervisor.pausables:
-            nursery.start_soon(pausable.run, supervisor)
-        for app in supervisor.apps.values():
-            nursery.start_soon(supervisor.watch_idle, app)
+        supervisor: Supervisor = await nursery.start(_run_supervisor, config, ledger)
         try:
             yield supervisor
         finally:
             with trio.CancelScope(shield=True):
                 await supervisor.shutdown()
+
+
+async def _run_supervisor(
+    config: Config,
+    ledger: Ledger | None,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            supervisor = Supervisor(config, ledger, nursery)
+            for pausable in supervisor.pausables:
+                nursery.start_soon(pausable.run, supervisor)
+            for app in supervisor.apps.values():
+                nursery.start_soon(supervisor.watch_idle, app)
+            task_status.started(supervisor)
+            await supervisor.closed.wait()
             nursery.cancel_scope.cancel()

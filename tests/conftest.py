@@ -1,0 +1,1 @@
+"""pytest setup: trio mode (pyproject), and the imports tests share."""
