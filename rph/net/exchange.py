@@ -105,33 +105,49 @@ class Exchange:
         conn = self.conn
         head = forward_head(request, conn.peer)
         outcome: Outcome | None = None
+        failure: RPHError | ClientAborted | None = None
         async with trio.open_nursery() as nursery:
             watch = ClientWatch(conn, nursery.cancel_scope)
             watch.start(nursery)
-            if route.passive:
-                lease = self.supervisor.lease_running(list(route.siblings))
-            else:
-                lease = self.supervisor.lease(route.app.name)
-            async with lease as endpoint:
-                upstream = await self._upstream_for(endpoint)
-                try:
-                    await send_request(upstream, head, request.body)
-                    watch.forwarded(upstream)
-                    if conn.eof:
-                        await half_close(upstream)
-                    outcome = await relay_response(conn, upstream, request)
-                    if outcome.tunnel:
-                        # The tunnel reads the client itself, and holds the
-                        # lease: no idle stop under an open websocket.
-                        await watch.stop()
-                        await tunnel(conn, upstream)
-                        outcome.client_keeps = False
-                finally:
-                    if outcome is None or not outcome.upstream_reusable:
-                        self.upstream = None
-                        with trio.CancelScope(shield=True):
-                            await upstream.aclose()
+            try:
+                outcome = await self._lease_and_relay(request, route, head, watch)
+            except (RPHError, ClientAborted) as exc:
+                # Raised out of the nursery it would come wrapped in an
+                # ExceptionGroup; the caller answers it as it is.
+                failure = exc
             await watch.stop()
+        if failure is not None:
+            raise failure
+        return outcome
+
+    async def _lease_and_relay(
+        self, request: Request, route: Route, head: bytes, watch: ClientWatch
+    ) -> Outcome | None:
+        conn = self.conn
+        outcome: Outcome | None = None
+        if route.passive:
+            lease = self.supervisor.lease_running(list(route.siblings))
+        else:
+            lease = self.supervisor.lease(route.app.name)
+        async with lease as endpoint:
+            upstream = await self._upstream_for(endpoint)
+            try:
+                await send_request(upstream, head, request.body)
+                watch.forwarded(upstream)
+                if conn.eof:
+                    await half_close(upstream)
+                outcome = await relay_response(conn, upstream, request)
+                if outcome.tunnel:
+                    # The tunnel reads the client itself, and holds the
+                    # lease: no idle stop under an open websocket.
+                    await watch.stop()
+                    await tunnel(conn, upstream)
+                    outcome.client_keeps = False
+            finally:
+                if outcome is None or not outcome.upstream_reusable:
+                    self.upstream = None
+                    with trio.CancelScope(shield=True):
+                        await upstream.aclose()
         return outcome
 
     async def _upstream_for(self, endpoint: Endpoint) -> Upstream:

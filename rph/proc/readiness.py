@@ -74,8 +74,11 @@ async def wait_ready(host: str, port: int, health: str | None) -> Endpoint:
     Never returns on its own if the backend never becomes ready: the
     caller bounds it with the app's start timeout and watches the child.
     """
-    candidates = await resolve(host, port)
     while True:
+        try:
+            candidates = await resolve(host, port)
+        except OSError:
+            candidates = []  # a name that does not resolve yet is not ready
         endpoint = await accepts_connections(candidates)
         if endpoint and (health is None or await _is_healthy(endpoint, health)):
             return endpoint

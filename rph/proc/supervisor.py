@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from rph.config import Config
-from rph.errors import NoRoute, NothingRunning, RPHError
+from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
 from rph.proc.changes import Changes
 from rph.proc.child import Child
 from rph.proc.leftovers import Ledger
@@ -256,8 +256,14 @@ class Supervisor:
                 await app.start(self._ledger, self._nursery)
             if scope.cancelled_caught:
                 raise NothingRunning("RPH is shutting down")
-        except RPHError as error:
-            log.error("%s", error.message)
+        except Exception as exc:
+            # An unexpected failure fails this start, not all of RPH.
+            if isinstance(exc, RPHError):
+                error = exc
+                log.error("%s", error.message)
+            else:
+                log.exception("%s: start failed", app.name)
+                error = BackendFailed(f"{app.name}: start failed: {exc!r}")
             app.state = State.STOPPED
             app.attempt = None
             for waiter in self._queue:
