@@ -58,6 +58,10 @@ class UnsupportedCoding(RPHError):
     status, kind, code = 501, "invalid_request_error", "unsupported_coding"
 
 
+class VersionNotSupported(RPHError):
+    status, kind, code = 505, "invalid_request_error", "http_version_not_supported"
+
+
 class BackendFailed(RPHError):
     """The backend exited while starting, or refused or reset a request."""
 

@@ -1,27 +1,31 @@
 """The endpoints RPH answers itself, on every port.
 
 `/startcoordinator` and `/stopcoordinator` switch the pausables on and off;
-`/rph/status` shows everything; `/rph/apps/NAME/start` and `.../stop`
-preload and unload an app. They change which program holds the GPU, so a
-web page must not reach them: a request a browser marks as cross-site is
-refused, and so, on a loopback listener, is a `Host` that is not a loopback
-name (a DNS-rebound name would otherwise pass as same-site).
+`/rph/status` shows everything (as JSON, or as a table with `?format=text`);
+`/rph/apps/NAME/start` and `.../stop` preload and unload an app. They change
+which program holds the GPU, so a web page must not reach them: a request a
+browser marks as cross-site is refused, and so, on a loopback listener, is a
+`Host` that is not a loopback name (a DNS-rebound name would otherwise pass
+as same-site).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from rph.errors import Forbidden, MethodNotAllowed, NoRoute
+from rph import statustext
+from rph.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
 from rph.net.http import Request
 from rph.proc.supervisor import Supervisor
 
 COORDINATOR_PATHS = ("/startcoordinator", "/stopcoordinator")
 PREFIX = "/rph/"
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
 
 
 def is_control(path: str) -> bool:
@@ -30,21 +34,21 @@ def is_control(path: str) -> bool:
 
 async def answer(
     request: Request, supervisor: Supervisor, loopback_listener: bool
-) -> tuple[int, bytes]:
-    """Carry out a control request; returns the status and JSON body.
+) -> tuple[int, bytes, bytes]:
+    """Carry out a control request; returns the status, body and content type.
 
-    Raises an RPHError (403, 404, 405) that changes nothing.
+    Raises an RPHError (400, 403, 404, 405) that changes nothing.
     """
     _check_origin(request, loopback_listener)
     path, method = request.path, request.method
     if path in COORDINATOR_PATHS:
         _allow(method, b"GET", b"POST")
-        supervisor.set_coordinator(path == "/startcoordinator")
-        return 200, _dump(_coordinator(supervisor))
+        await supervisor.set_coordinator(path == "/startcoordinator")
+        return 200, _dump(_coordinator(supervisor)), JSON
 
     if path == "/rph/status":
         _allow(method, b"GET", b"HEAD")
-        return 200, _dump(supervisor.status())
+        return _status(request, supervisor)
 
     parts = path.removeprefix(PREFIX).split("/")
     if len(parts) == 3 and parts[0] == "apps" and parts[2] in ("start", "stop"):
@@ -55,8 +59,18 @@ async def answer(
             await supervisor.preload(name)
         else:
             await supervisor.unload(name)
-        return 200, _dump(_one_app(supervisor, name))
+        return 200, _dump(_one_app(supervisor, name)), JSON
     raise NoRoute(f"RPH has no control endpoint {path}")
+
+
+def _status(request: Request, supervisor: Supervisor) -> tuple[int, bytes, bytes]:
+    query = request.target.partition(b"?")[2].decode("latin-1")
+    wanted = parse_qs(query).get("format", ["json"])[-1]
+    if wanted == "text":
+        return 200, statustext.render(supervisor.status()).encode(), TEXT
+    if wanted == "json":
+        return 200, _dump(supervisor.status()), JSON
+    raise BadRequest(f'format={wanted} is unknown; use "json" (the default) or "text"')
 
 
 def _coordinator(supervisor: Supervisor) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Each request on a keep-alive connection is routed on its own, so one
 connection may talk to several apps. The backend connection of the last
 request is kept and reused while the next request goes to the same start of
 the same app. Errors RPH answers itself end the connection when the request
-could not be read whole, and keep it otherwise.
+could not be read whole, and keep it otherwise; an error after the client
+got bytes of a response ends the connection without a second response.
 """
 
 from __future__ import annotations
@@ -14,28 +15,15 @@ import logging
 
 import trio
 
-from rph.errors import BackendFailed, BodyTooLarge, RPHError
+from rph.errors import BodyTooLarge, RPHError
 from rph.net import control
-from rph.net.http import (
-    ClientConnection,
-    ClientGone,
-    Request,
-    error_response,
-    forward_head,
-    json_response,
-    read_request,
-)
-from rph.net.relay import (
-    ClientAborted,
-    ClientWatch,
-    Outcome,
-    Upstream,
-    half_close,
-    relay_response,
-    send_request,
-    tunnel,
-)
+from rph.net.client import ClientConnection, ClientGone
+from rph.net.heads import error_response, forward_head, json_response
+from rph.net.http import Request, read_request
+from rph.net.relay import ClientAborted, Outcome, relay_response, tunnel
 from rph.net.router import PortRouter, Route
+from rph.net.upstream import Upstream, UpstreamClosed, open_upstream, send_request
+from rph.net.watch import ClientWatch
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
 
@@ -59,25 +47,26 @@ class Exchange:
         self.upstream: Upstream | None = None
 
     async def serve(self) -> None:
-        """Answer requests until either side ends the connection."""
+        """Answer requests until either side ends the connection, then close."""
         try:
-            while await self._answer_one():
-                pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.conn.read_continuously)
+                while await self._answer_one():
+                    pass
+                nursery.cancel_scope.cancel()
         finally:
             if self.upstream is not None:
                 await self.upstream.aclose()
+        await self.conn.aclose()
 
     async def _answer_one(self) -> bool:
         """Answer the next request; True if the connection goes on."""
-        conn = self.conn
         try:
-            request = await read_request(conn, self.router.body_limit)
+            request = await read_request(self.conn, self.router.body_limit)
         except ClientGone:
             return False
         except RPHError as error:
             await self._refuse(None, error, close=True)
-            return False
-        if request is None:
             return False
 
         if control.is_control(request.path):
@@ -95,86 +84,106 @@ class Exchange:
             outcome = await self._forward(request, route)
         except RPHError as error:
             return await self._refuse(request, error, close=False)
-        except ClientAborted:
-            outcome = None
         self._log(request, route, outcome)
         return outcome is not None and outcome.client_keeps
 
     async def _forward(self, request: Request, route: Route) -> Outcome | None:
-        """Lease the app, forward, relay; None if the client went away."""
-        conn = self.conn
-        head = forward_head(request, conn.peer)
-        outcome: Outcome | None = None
-        failure: RPHError | ClientAborted | None = None
-        async with trio.open_nursery() as nursery:
-            watch = ClientWatch(conn, nursery.cancel_scope)
-            watch.start(nursery)
+        """Lease the app, forward, relay; None if the client went away.
+
+        Raises the RPHError to answer while the client has no byte of a
+        response.
+        """
+        outcome = Outcome()
+        failure: RPHError | None = None
+        with trio.CancelScope() as scope:
+            watch = ClientWatch(self.conn, scope)
+            await watch.start()
             try:
-                outcome = await self._lease_and_relay(request, route, head, watch)
-            except (RPHError, ClientAborted) as exc:
-                # Raised out of the nursery it would come wrapped in an
-                # ExceptionGroup; the caller answers it as it is.
-                failure = exc
-            await watch.stop()
+                await self._lease_and_relay(request, route, watch, outcome)
+            except RPHError as error:
+                failure = error
+            except ClientAborted:
+                watch.gone = True
+            finally:
+                watch.stop()
+        if watch.gone:
+            return None
         if failure is not None:
-            raise failure
+            if not outcome.head_sent:
+                raise failure
+            outcome.client_keeps = False  # no second response after the first
         return outcome
 
     async def _lease_and_relay(
-        self, request: Request, route: Route, head: bytes, watch: ClientWatch
-    ) -> Outcome | None:
-        conn = self.conn
-        outcome: Outcome | None = None
+        self, request: Request, route: Route, watch: ClientWatch, outcome: Outcome
+    ) -> None:
+        head = forward_head(request, self.conn.peer)
         if route.passive:
             lease = self.supervisor.lease_running(list(route.siblings))
         else:
             lease = self.supervisor.lease(route.app.name)
         async with lease as endpoint:
+            watch.leased = True
             upstream = await self._upstream_for(endpoint)
             try:
-                await send_request(upstream, head, request.body)
-                watch.forwarded(upstream)
-                if conn.eof:
-                    await half_close(upstream)
-                outcome = await relay_response(conn, upstream, request)
+                try:
+                    await self._send_and_relay(upstream, head, request, watch, outcome)
+                except UpstreamClosed:
+                    # A kept connection that the backend closed just as it was
+                    # reused (its idle timeout): the request never reached it.
+                    if upstream.uses == 1 or upstream.half_closed or outcome.status:
+                        raise
+                    await watch.forwarded(None)
+                    await upstream.aclose()
+                    upstream = self.upstream = await open_upstream(endpoint)
+                    await self._send_and_relay(upstream, head, request, watch, outcome)
                 if outcome.tunnel:
                     # The tunnel reads the client itself, and holds the
                     # lease: no idle stop under an open websocket.
-                    await watch.stop()
-                    await tunnel(conn, upstream)
+                    watch.stop()
+                    await tunnel(self.conn, upstream)
                     outcome.client_keeps = False
             finally:
-                if outcome is None or not outcome.upstream_reusable:
+                if not outcome.upstream_reusable:
                     self.upstream = None
                     with trio.CancelScope(shield=True):
                         await upstream.aclose()
-        return outcome
+
+    async def _send_and_relay(
+        self,
+        upstream: Upstream,
+        head: bytes,
+        request: Request,
+        watch: ClientWatch,
+        outcome: Outcome,
+    ) -> None:
+        await send_request(upstream, head, request.body)
+        await watch.forwarded(upstream)
+        await relay_response(self.conn, upstream, request, outcome)
 
     async def _upstream_for(self, endpoint: Endpoint) -> Upstream:
         """The kept backend connection if still good, else a new one."""
-        kept = self.upstream
-        if kept is not None and kept.owner is endpoint and not kept.is_stale():
-            return kept
+        kept, self.upstream = self.upstream, None
         if kept is not None:
+            if kept.is_fit_for(endpoint):
+                self.upstream = kept
+                return kept
             await kept.aclose()
-        try:
-            stream = await endpoint.connect()
-        except OSError as exc:
-            raise BackendFailed(f"the backend refused the connection: {exc}") from None
-        self.upstream = Upstream(stream, endpoint)
+        self.upstream = await open_upstream(endpoint)
         return self.upstream
 
     async def _answer_control(self, request: Request) -> bool:
         try:
-            status, body = await control.answer(
+            status, body, content_type = await control.answer(
                 request, self.supervisor, self.loopback_listener
             )
         except RPHError as error:
             return await self._refuse(request, error, close=False)
         keeps = request.keep_alive
-        if request.method == b"HEAD":
-            body = b""
-        await self._send(json_response(status, body, close=not keeps))
+        head_only = request.method == b"HEAD"
+        await self._send(
+            json_response(status, body, not keeps, content_type, head_only)
+        )
         return keeps
 
     async def _refuse(
@@ -191,12 +200,13 @@ class Exchange:
             error.status,
             error.message.splitlines()[0] if error.message else "",
         )
-        await self._send(error_response(error, close=not keeps))
+        head_only = request is not None and request.method == b"HEAD"
+        await self._send(error_response(error, not keeps, head_only))
         return keeps
 
     async def _send(self, data: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.conn.stream.send_all(data)
+        with contextlib.suppress(ClientGone):
+            await self.conn.send(data)
 
     def _log(self, request: Request, route: Route, outcome: Outcome | None) -> None:
         if not log.isEnabledFor(logging.DEBUG):

@@ -23,7 +23,10 @@ _LINE_LIMIT = 4096
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: [^\r\n]*)?\r?")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ], then CRLF (a bare LF is
+# tolerated, as in heads).
+_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
+_CR = ord("\r")
 
 
 class Framing(enum.Enum):
@@ -132,12 +135,20 @@ class _Chunk(enum.Enum):
 
 
 class ChunkedTracker:
-    """Follows a chunked body as it passes, to tell where it ends."""
+    """Follows a chunked body as it passes, to tell where it ends.
+
+    Lines are read in place where they lie whole in one piece (a streamed
+    token's chunk always does), so following a stream costs a search and a
+    match per chunk, and no copies.
+    """
 
     def __init__(self) -> None:
         self._state = _Chunk.SIZE
         self._remaining = 0
-        self._line = b""
+        self._line = b""  # the start of a line cut by the end of a piece
+
+    def __repr__(self) -> str:
+        return f"<ChunkedTracker {self._state.name} remaining={self._remaining}>"
 
     def feed(self, data: bytes) -> int:
         """How many bytes of `data` belong to the body; -1 if all, and more.
@@ -160,24 +171,30 @@ class ChunkedTracker:
                 if len(self._line) > _LINE_LIMIT:
                     raise ValueError("chunk line too long")
                 return -1
-            line = self._line + data[pos:newline]
-            self._line = b""
+            if self._line:
+                line = self._line + data[pos:newline]
+                self._line = b""
+                ended = self._end_of_line(line, 0, len(line))
+            else:
+                ended = self._end_of_line(data, pos, newline)
             pos = newline + 1
-            if self._end_of_line(line.rstrip(b"\r")):
+            if ended:
                 return pos
         return -1
 
-    def _end_of_line(self, line: bytes) -> bool:
+    def _end_of_line(self, data: bytes, start: int, end: int) -> bool:
+        """Take the line `data[start:end]`; True if it ends the body."""
         if self._state is _Chunk.SIZE:
-            digits = line.split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(digits):
+            match = _SIZE_LINE.fullmatch(data, start, end)
+            if not match:
                 raise ValueError("bad chunk size")
-            self._remaining = int(digits, 16)
+            self._remaining = int(match[1], 16)
             self._state = _Chunk.DATA if self._remaining else _Chunk.TRAILER
-        elif self._state is _Chunk.DATA_END:
-            if line:
+            return False
+        empty = end == start or (end == start + 1 and data[start] == _CR)
+        if self._state is _Chunk.DATA_END:
+            if not empty:
                 raise ValueError("chunk data longer than its size")
             self._state = _Chunk.SIZE
-        elif not line:  # the blank line after the trailers ends the body
-            return True
-        return False
+            return False
+        return empty  # a trailer line, or the blank line that ends the body

@@ -11,8 +11,8 @@ import logging
 
 import trio
 
+from rph.net.client import ClientConnection
 from rph.net.exchange import Exchange
-from rph.net.http import ClientConnection
 from rph.net.router import PortRouter
 from rph.proc.supervisor import Supervisor
 

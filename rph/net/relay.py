@@ -1,4 +1,4 @@
-"""Forwarding one request and relaying its response, byte for byte.
+"""Relaying a backend's response to the client, byte for byte.
 
 The response's bytes reach the client exactly as the backend wrote them,
 each piece as soon as it is read; the one thing RPH may change is the
@@ -6,21 +6,19 @@ each piece as soon as it is read; the one thing RPH may change is the
 and the client could not otherwise tell. A `101 Switching Protocols` turns
 the connection into a tunnel until both sides have closed.
 
-While the backend works, the client socket is watched: a client that goes
-away closes the backend connection at once, so the backend stops
-generating; a client that only half-closes after its request has that
-half-close passed on.
+Once the client has any byte of the final response, nothing can be taken
+back: a backend that fails then leaves the client with what it sent and a
+connection that closes without a clean end, never a made-up one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from dataclasses import dataclass
 
 import trio
 
 from rph.errors import BackendFailed
+from rph.net.client import ClientConnection, ClientGone
 from rph.net.framing import (
     RESPONSE_HEAD_LIMIT,
     ChunkedTracker,
@@ -29,55 +27,24 @@ from rph.net.framing import (
     find_head_end,
     parse_response_head,
 )
-from rph.net.http import ClientConnection, Request
+from rph.net.http import Request
+from rph.net.upstream import BROKEN, Upstream, UpstreamClosed
 
 # One read from the backend; a streamed token is far smaller, a download
 # moves in pieces this size.
 RELAY_READ = 256 * 1024
-
-# Below this the head and body go out in one write (one segment on the
-# wire); above it, joining them would copy a large body for nothing.
-_JOIN_BELOW = 64 * 1024
-
-# Pipelined requests read while watching the client are kept up to this;
-# beyond it the client is plainly alive and the watch pauses.
-PIPELINE_BUFFER_LIMIT = 1024 * 1024
-
-_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class ClientAborted(Exception):
     """The client went away while its request was being answered."""
 
 
-class Upstream:
-    """A connection to one start of a backend, reusable between requests."""
-
-    def __init__(self, stream: trio.SocketStream, owner: object) -> None:
-        self.stream = stream
-        self.owner = owner  # the start it belongs to; a new start, a new socket
-        self.buffer = bytearray()
-
-    def is_stale(self) -> bool:
-        """True if the backend closed this idle connection meanwhile."""
-        # trio's sockets are non-blocking: a peek with nothing to read raises.
-        try:
-            self.stream.socket.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False  # nothing to read: the connection is as it was left
-        except OSError:
-            return True
-        # EOF, or bytes that answer nothing: either way it is not fit to reuse.
-        return True
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(*_BROKEN):
-            await self.stream.aclose()
-
-
 @dataclass
 class Outcome:
+    """How one exchange ended, for the request loop and the log."""
+
     status: int = 0
+    head_sent: bool = False  # the client has bytes of the final response
     client_keeps: bool = False
     upstream_reusable: bool = False
     bytes_down: int = 0
@@ -85,94 +52,14 @@ class Outcome:
     tunnel: bool = False
 
 
-class ClientWatch:
-    """Reads the client socket while its request is being answered.
-
-    Bytes read are kept for the next (pipelined) request. An EOF before the
-    request was forwarded means the client left: the exchange is cancelled.
-    After it was forwarded, EOF is passed on as a half-close; a reset
-    cancels the exchange.
-    """
-
-    def __init__(self, conn: ClientConnection, scope: trio.CancelScope) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.upstream: Upstream | None = None
-        self.gone = False
-        self._own_scope = trio.CancelScope()
-        self._stopped = trio.Event()
-        self._started = False
-
-    def start(self, nursery: trio.Nursery) -> None:
-        """Watch in `nursery` until stopped, the client leaves, or EOF."""
-        if not self.conn.eof:
-            self._started = True
-            nursery.start_soon(self._run)
-
-    async def _run(self) -> None:
-        try:
-            with self._own_scope:
-                await self._watch()
-        finally:
-            self._stopped.set()
-
-    async def stop(self) -> None:
-        """Stop watching; returns once the socket is no longer being read."""
-        self._own_scope.cancel()
-        if self._started:
-            await self._stopped.wait()
-
-    async def _watch(self) -> None:
-        conn = self.conn
-        while not conn.eof and len(conn.buffer) < PIPELINE_BUFFER_LIMIT:
-            try:
-                data = await conn.stream.receive_some(RELAY_READ)
-            except _BROKEN:
-                self._client_gone()
-                return
-            if data:
-                conn.buffer += data
-                continue
-            conn.eof = True
-            if self.upstream is None:
-                self._client_gone()
-            else:
-                await half_close(self.upstream)
-
-    def forwarded(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-
-    def _client_gone(self) -> None:
-        self.gone = True
-        self.scope.cancel()
-
-
-async def half_close(upstream: Upstream) -> None:
-    with contextlib.suppress(*_BROKEN):
-        await upstream.stream.send_eof()
-
-
-async def send_request(upstream: Upstream, head: bytes, body: bytes) -> None:
-    """Send the rebuilt head and the buffered body; raises BackendFailed."""
-    try:
-        if len(body) < _JOIN_BELOW:
-            await upstream.stream.send_all(head + body)
-        else:
-            await upstream.stream.send_all(head)
-            await upstream.stream.send_all(body)
-    except _BROKEN as exc:
-        raise BackendFailed(f"the backend closed the connection: {exc}") from None
-
-
 async def relay_response(
-    conn: ClientConnection, upstream: Upstream, request: Request
-) -> Outcome:
-    """Relay the response to `request`; returns how the exchange ended.
+    conn: ClientConnection, upstream: Upstream, request: Request, outcome: Outcome
+) -> None:
+    """Relay the response to `request`, recording in `outcome` how it ended.
 
-    Raises BackendFailed (502) if the backend fails before the client got
-    any byte, and ClientAborted if the client went away.
+    Raises BackendFailed (502) only while the client has no byte of the
+    final response, and ClientAborted if the client went away.
     """
-    outcome = Outcome()
     while True:
         head = await _read_head(upstream, request.method)
         outcome.status = head.status
@@ -180,24 +67,28 @@ async def relay_response(
             outcome.first_byte_at = trio.current_time()
         if head.status >= 200 or head.framing is Framing.TUNNEL:
             break
-        await _to_client(conn, head.raw)  # 1xx: more heads follow
+        # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client. A 100 Continue is
+        # RPH's to give, and it did when the client asked; the backend's
+        # would be a second one.
+        if head.status != 100 and request.http_version == b"1.1":
+            await _to_client(conn, head.raw)
 
     if head.framing is Framing.TUNNEL:
         # The caller stops watching the client, then runs the tunnel.
+        outcome.head_sent = outcome.tunnel = True
         await _to_client(conn, head.raw)
-        outcome.tunnel = True
-        return outcome
+        return
 
     keeps = request.keep_alive and head.framing is not Framing.CLOSE
     keeps = keeps and _head_keeps(head)
     outcome.client_keeps = keeps
     raw_head = head.raw if keeps else head.saying_close()
 
-    complete = await _relay_body(conn, upstream, head, raw_head, outcome)
-    outcome.upstream_reusable = complete and head.backend_keeps_alive
+    complete, clean = await _relay_body(conn, upstream, head, raw_head, outcome)
+    reusable = complete and clean and head.backend_keeps_alive
+    outcome.upstream_reusable = reusable and not upstream.half_closed
     if not complete:
         outcome.client_keeps = False
-    return outcome
 
 
 def _head_keeps(head: ResponseHead) -> bool:
@@ -216,10 +107,15 @@ async def _read_head(upstream: Upstream, method: bytes) -> ResponseHead:
         searched = max(0, len(buffer) - 3)
         try:
             data = await upstream.stream.receive_some(RELAY_READ)
-        except _BROKEN as exc:
-            raise BackendFailed(f"the backend reset the connection: {exc}") from None
+        except BROKEN as exc:
+            if buffer:
+                raise BackendFailed(
+                    f"the backend reset the connection: {exc}"
+                ) from None
+            raise UpstreamClosed(f"the backend reset the connection: {exc}") from None
         if not data:
-            raise BackendFailed("the backend closed the connection without answering")
+            message = "the backend closed the connection without answering"
+            raise BackendFailed(message) if buffer else UpstreamClosed(message)
         buffer += data
     raw = bytes(buffer[:end])
     del buffer[:end]
@@ -232,69 +128,100 @@ async def _relay_body(
     head: ResponseHead,
     raw_head: bytes,
     outcome: Outcome,
-) -> bool:
-    """Relay the body after `raw_head`; True if it ended as framed."""
+) -> tuple[bool, bool]:
+    """Relay the body after `raw_head`.
+
+    Returns whether the body ended as framed, and whether nothing came
+    after that end (else the connection holds bytes that answer nothing).
+    """
     framing = head.framing
-    remaining = head.length if framing is Framing.LENGTH else 0
-    chunks = ChunkedTracker() if framing is Framing.CHUNKED else None
-    pending = bytes(upstream.buffer)
+    data = bytes(upstream.buffer)
     upstream.buffer.clear()
+    if framing is Framing.NONE:
+        outcome.head_sent = True
+        await _to_client(conn, raw_head)
+        return True, not data
+
+    remaining = head.length
+    chunks = ChunkedTracker() if framing is Framing.CHUNKED else None
     first = True
     while True:
-        data, ended = pending, False
-        if framing is Framing.NONE:
-            data, ended = b"", True
-        elif framing is Framing.LENGTH:
+        ended = clean = False
+        if framing is Framing.LENGTH:
             if len(data) >= remaining:
-                data, ended = data[:remaining], True
+                ended, clean = True, len(data) == remaining
+                if not clean:
+                    data = data[:remaining]
             remaining -= len(data)
         elif chunks is not None:
             try:
                 end = chunks.feed(data)
             except ValueError:
-                return False  # a broken stream: the client sees it cut
+                if first:
+                    message = "the backend sent a broken chunked body"
+                    raise BackendFailed(message) from None
+                return False, False  # the client sees the body cut short
             if end >= 0:
-                data, ended = data[:end], True
+                ended, clean = True, end == len(data)
+                data = data[:end]
 
         if first:
+            outcome.head_sent = True
             await _to_client(conn, raw_head + data)
             first = False
         elif data:
             await _to_client(conn, data)
         outcome.bytes_down += len(data)
         if ended:
-            return True
+            return True, clean
 
         try:
-            pending = await upstream.stream.receive_some(RELAY_READ)
-        except _BROKEN:
-            return False
-        if not pending:
-            return framing is Framing.CLOSE
+            data = await upstream.stream.receive_some(RELAY_READ)
+        except BROKEN:
+            return False, False
+        if not data:
+            return framing is Framing.CLOSE, True
 
 
 async def _to_client(conn: ClientConnection, data: bytes) -> None:
     try:
         await conn.stream.send_all(data)
-    except _BROKEN:
+    except BROKEN:
         raise ClientAborted from None
 
 
 async def tunnel(conn: ClientConnection, upstream: Upstream) -> None:
-    """Carry bytes both ways until both sides have closed (websockets)."""
+    """Carry bytes both ways until both sides have closed (websockets).
 
-    async def pump(
-        source: trio.SocketStream, sink: trio.SocketStream, first: bytes
-    ) -> None:
-        with contextlib.suppress(*_BROKEN):
-            if first:
-                await sink.send_all(first)
-            while data := await source.receive_some(RELAY_READ):
-                await sink.send_all(data)
-            await sink.send_eof()
-
+    An EOF from one side is passed on as a half-close and the other
+    direction goes on; a reset or a failed write ends the whole tunnel.
+    """
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, conn.stream, upstream.stream, bytes(conn.buffer))
-        nursery.start_soon(pump, upstream.stream, conn.stream, bytes(upstream.buffer))
-        conn.buffer.clear()
+
+        async def from_client() -> None:
+            # The connection's reader reads the client; this takes its bytes.
+            try:
+                while True:
+                    if conn.buffer:
+                        data = bytes(conn.buffer)
+                        conn.buffer.clear()
+                        await upstream.stream.send_all(data)
+                    if not await conn.receive():
+                        break
+                await upstream.stream.send_eof()
+            except (ClientGone, *BROKEN):
+                nursery.cancel_scope.cancel()
+
+        async def to_client(first: bytes) -> None:
+            try:
+                if first:
+                    await conn.stream.send_all(first)
+                while data := await upstream.stream.receive_some(RELAY_READ):
+                    await conn.stream.send_all(data)
+                await conn.stream.send_eof()
+            except BROKEN:
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(from_client)
+        nursery.start_soon(to_client, bytes(upstream.buffer))
         upstream.buffer.clear()

@@ -20,6 +20,10 @@ from typing import Any
 from rph.config import AppConfig, compile_body_regex
 from rph.errors import NoRoute
 
+# A request that no app takes (a control endpoint, or a 404) has its body
+# read only to keep the connection in step; none of them needs more.
+NO_APP_BODY_LIMIT = 1024 * 1024
+
 
 def under(path: str, prefix: str) -> bool:
     """True if `prefix` is `path` or one of its leading segments."""
@@ -60,7 +64,7 @@ class PortRouter:
     def body_limit(self, path: str) -> int:
         """The largest body any app that may take `path` accepts."""
         candidates = self._candidates(path)
-        return max((app.max_body for app in candidates), default=0)
+        return max((app.max_body for app in candidates), default=NO_APP_BODY_LIMIT)
 
     def route(self, path: str, body: bytes) -> Route:
         """The route for a request; raises NoRoute (404)."""
