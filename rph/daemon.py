@@ -50,6 +50,8 @@ async def serve(
                     serve_port, host, port, router, supervisor
                 )
             task_status.started((supervisor, bound))
+            # Pausables alone (no port to listen on) still run until cancelled.
+            await trio.sleep_forever()
     finally:
         if ledger is not None:
             ledger.close()

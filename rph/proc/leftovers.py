@@ -24,8 +24,13 @@ import psutil
 import trio
 
 from rph.proc import platform
+from rph.redact import mask_cmdline
 
 log = logging.getLogger("rph.proc")
+
+# A leftover's command line is logged up to this long: enough to recognise
+# the program, short enough for one log line.
+LOGGED_COMMAND_CHARS = 200
 
 # Leftovers are killed outright (their owner is gone, nobody waits for a
 # polite stop); the kernel still needs a moment to free a large process.
@@ -47,7 +52,10 @@ class Ledger:
         return cls(folder / f"children-{digest[:16]}.json")
 
     def record(self, pid: int, created: float, argv: Sequence[str]) -> None:
-        self._children[pid] = {"pid": pid, "create_time": created, "argv": list(argv)}
+        # The command is kept for the log line only, so with its secrets
+        # masked: the file must not hold an API key in clear.
+        command = mask_cmdline(argv)
+        self._children[pid] = {"pid": pid, "create_time": created, "command": command}
         self._write()
 
     def forget(self, pid: int) -> None:
@@ -75,7 +83,7 @@ class Ledger:
                     "ending %d leftover process(es) of %s (pid %d), started by"
                     " an RPH that was killed",
                     len(members),
-                    " ".join(entry.get("argv", []))[:200],
+                    str(entry.get("command", "?"))[:LOGGED_COMMAND_CHARS],
                     pid,
                 )
             trees.extend(members)

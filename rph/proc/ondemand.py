@@ -182,7 +182,12 @@ class OnDemandApp:
         self.last_lines = tuple(child.last_lines)
         self.child = None
         self.endpoint = None
-        log.info("%s stopped after %.1f s", self.name, time.monotonic() - began)
+        log.info(
+            "%s stopped after %.1f s (%s)",
+            self.name,
+            time.monotonic() - began,
+            describe_exit(child.returncode),
+        )
 
     async def _discard_child(self) -> None:
         if self.child is not None:

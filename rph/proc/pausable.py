@@ -5,7 +5,8 @@ client) that RPH stops before any on-demand app starts and brings back when
 the last one has stopped. One that exits by itself is restarted after a
 backoff that doubles from 1 s to 60 s and starts over once the program has
 run for 60 s: a program that crashes at once does not spin, one that
-crashes once a day restarts quickly.
+crashes once a day restarts quickly. What is left of its tree is ended
+before the restart.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class PausableState(enum.Enum):
     STOPPED = "stopped"
     RUNNING = "running"
     STOPPING = "stopping"
-    BACKOFF = "waiting to restart"
+    BACKOFF = "backoff"  # exited by itself; restarts after a delay
 
 
 class Coordination(Protocol):
@@ -49,11 +50,16 @@ class Coordination(Protocol):
     def pause_reason(self) -> str: ...
 
 
-def next_backoff(current: float, ran_for: float) -> float:
-    """The delay before the restart after this one, given how long it ran."""
-    if ran_for >= BACKOFF_RESET_AFTER:
+def next_delay(previous: float | None, ran_for: float) -> float:
+    """The wait before restarting a program that has just exited by itself.
+
+    `previous` is the wait before its last restart, None if it has not been
+    restarted since it last proved healthy; `ran_for` is how long it ran
+    this time.
+    """
+    if previous is None or ran_for >= BACKOFF_RESET_AFTER:
         return BACKOFF_FIRST
-    return min(current * 2, BACKOFF_MAX)
+    return min(previous * 2, BACKOFF_MAX)
 
 
 class Pausable:
@@ -63,7 +69,8 @@ class Pausable:
         self.state = PausableState.STOPPED
         self.child: Child | None = None
         self.restarts = 0
-        self.delay = BACKOFF_FIRST
+        self.last_delay: float | None = None  # the backoff before the last restart
+        self.restart_at: float | None = None
         self.last_lines: tuple[str, ...] = ()
         self._ledger = ledger
 
@@ -77,29 +84,44 @@ class Pausable:
     async def run(self, coordination: Coordination) -> None:
         """Keep the program running while wanted; never returns."""
         changes = coordination.changes
-        delay = BACKOFF_FIRST
+        previous: float | None = None
+        why = "starting"
         while True:
             await changes.wait_until(coordination.pausables_wanted)
-            child = self._spawn()
+            child = self._spawn(why)
+            exit_reason: str | None
             if child is None:
-                exited_by_itself, ran_for = True, 0.0
+                ran_for, exit_reason = 0.0, "could not be started"
             else:
-                exited_by_itself, ran_for = await self._hold(child, coordination)
-            if not exited_by_itself:
+                ran_for, exit_reason = await self._hold(child, coordination)
+            if ran_for >= BACKOFF_RESET_AFTER:
+                previous = None
+            if exit_reason is None:
+                why = "resuming, the GPU is free"
                 continue
 
-            # Exited by itself: end what is left of its tree, then wait out
-            # the backoff (cut short if the GPU is claimed meanwhile).
-            delay = next_backoff(delay, ran_for) if self.restarts else delay
+            # Exited by itself; what was left of its tree is gone. Wait out
+            # the backoff, cut short if the GPU is claimed meanwhile.
+            previous = delay = next_delay(previous, ran_for)
             self.restarts += 1
-            self.delay = delay
+            self.last_delay = delay
+            why = f"restart {self.restarts}, after it {exit_reason}"
+            log.warning(
+                "%s %s after %.1f s; restart %d in %g s",
+                self.name,
+                exit_reason,
+                ran_for,
+                self.restarts,
+                delay,
+            )
+            self.restart_at = trio.current_time() + delay
             self._set(PausableState.BACKOFF, changes)
-            log.warning("%s restarting in %g s", self.name, delay)
             with trio.move_on_after(delay):
                 await changes.wait_until(lambda: not coordination.pausables_wanted())
+            self.restart_at = None
             self._set(PausableState.STOPPED, changes)
 
-    def _spawn(self) -> Child | None:
+    def _spawn(self, why: str) -> Child | None:
         config = self.config
         try:
             child = Child(
@@ -108,15 +130,23 @@ class Pausable:
         except OSError as exc:
             log.error("%s: cannot run %s: %s", self.name, config.cmdline[0], exc)
             return None
-        log.info("%s running: %s", self.name, mask_cmdline(config.cmdline))
+        log.info(
+            "%s running (%s), pid %d: %s",
+            self.name,
+            why,
+            child.pid,
+            mask_cmdline(config.cmdline),
+        )
         return child
 
     async def _hold(
         self, child: Child, coordination: Coordination
-    ) -> tuple[bool, float]:
+    ) -> tuple[float, str | None]:
         """Run `child` until it exits or is no longer wanted.
 
-        Returns whether it exited by itself, and for how long it ran.
+        Returns how long it ran, and how it exited when it did by itself
+        (None when RPH paused it). Either way no process of its tree is
+        left.
         """
         changes = coordination.changes
         self.child = child
@@ -135,22 +165,18 @@ class Pausable:
             if not child.stopping:
                 nursery.cancel_scope.cancel()
         ran_for = trio.current_time() - child.started_at
-        by_itself = not child.stopping
-        if by_itself:
-            log.warning(
-                "%s exited by itself (%s) after %.0f s",
-                self.name,
-                describe_exit(child.returncode),
-                ran_for,
-            )
+
+        exit_reason: str | None = None
+        if child.stopping:
+            log.info("%s paused", self.name)
+        else:
+            exit_reason = f"exited by itself ({describe_exit(child.returncode)})"
             with trio.CancelScope(shield=True):
                 await child.stop(self.config.stop_timeout)
-        else:
-            log.info("%s paused", self.name)
         self.last_lines = tuple(child.last_lines)
         self.child = None
         self._set(PausableState.STOPPED, changes)
-        return by_itself, ran_for
+        return ran_for, exit_reason
 
     def _set(self, state: PausableState, changes: Changes) -> None:
         self.state = state

@@ -22,10 +22,11 @@ async def holder_of(host: str, port: int) -> str | None:
         return None
     if await readiness.accepts_connections(candidates) is None:
         return None
-    return _describe_listener(port) or "another program"
+    return describe_listener(port) or "another program"
 
 
-def _describe_listener(port: int) -> str | None:
+def describe_listener(port: int) -> str | None:
+    """'pid N (its command line)' of the process listening on `port`, or None."""
     # Listing sockets may need privileges on macOS; then the port is only
     # reported as taken, without a name.
     with contextlib.suppress(psutil.Error, OSError):

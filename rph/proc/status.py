@@ -30,6 +30,7 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
                 "pid": child.pid if child else None,
                 "uptime": round(now - child.started_at, 1) if child else None,
                 "in_flight": app.in_flight,
+                "waiting": supervisor.waiting_for(app.name),
                 "idle_stop_in": None
                 if deadline is None
                 else round(max(0.0, deadline - now), 1),
@@ -53,6 +54,9 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
                 "pid": child.pid if child else None,
                 "uptime": round(now - child.started_at, 1) if child else None,
                 "restarts": pausable.restarts,
+                "restart_in": None
+                if pausable.restart_at is None
+                else round(max(0.0, pausable.restart_at - now), 1),
                 "last_output": lines[-STATUS_LINES:],
             }
         )

@@ -6,10 +6,11 @@ or stops happens here, in `_reconcile`, a synchronous step that runs after
 every change and so never sees the state half-way:
 
 1. Waiters for a ready app are admitted, unless a request for a
-   conflicting app has waited longer than `SWAP_GRACE` (then they queue
-   behind it, so a busy app cannot starve the other side).
+   conflicting app that arrived before them has waited longer than
+   `SWAP_GRACE` while the app was ready (then they queue behind it, so a
+   busy app cannot starve the other side).
 2. A ready app with no request in flight is stopped when a conflicting
-   app is waited for, or when it was asked to stop.
+   app is waited for, when it was asked to stop, or at shutdown.
 3. Stopped apps that are waited for start, in arrival order, once nothing
    that conflicts with them is active or waited for earlier.
 4. Pausables run while the coordinator is on and no app is active.
@@ -30,12 +31,14 @@ import trio
 
 from rph.config import Config
 from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
+from rph.proc import platform
 from rph.proc.changes import Changes
 from rph.proc.child import Child
 from rph.proc.leftovers import Ledger
 from rph.proc.ondemand import OnDemandApp, StartAttempt, State, describe_exit
 from rph.proc.pausable import Pausable
 from rph.proc.readiness import Endpoint
+from rph.proc.status import describe
 
 log = logging.getLogger("rph.proc")
 
@@ -70,6 +73,8 @@ class Supervisor:
         self._nursery = nursery
         self._shutting_down = False
         self._starts: dict[str, trio.CancelScope] = {}
+        # How often each app has become stopped (a stop ended, a start failed).
+        self._stops = dict.fromkeys(self.apps, 0)
         self.closed = trio.Event()
 
     def __repr__(self) -> str:
@@ -87,8 +92,9 @@ class Supervisor:
         for it.
         """
         app = self.apps[name]
-        if self._may_join(app):
+        if self._may_join(app, trio.current_time()):
             app.in_flight += 1
+            self.changes.notify()
         else:
             await self._wait_for_turn(app)
         try:
@@ -113,15 +119,19 @@ class Supervisor:
             )
         app = max(ready, key=lambda a: a.in_flight > 0)
         app.in_flight += 1
+        self.changes.notify()
         try:
             assert app.endpoint is not None
             yield app.endpoint
         finally:
-            self._release(app)
+            # A passive request (a status poll, an abort) is not use: it
+            # does not put the idle stop off.
+            self._release(app, active=False)
 
-    def _release(self, app: OnDemandApp) -> None:
+    def _release(self, app: OnDemandApp, active: bool = True) -> None:
         app.in_flight -= 1
-        app.last_active = trio.current_time()
+        if active:
+            app.last_active = trio.current_time()
         if app.in_flight == 0:
             self._reconcile()
 
@@ -161,18 +171,35 @@ class Supervisor:
             pass
 
     async def unload(self, name: str) -> None:
-        """Stop app `name` after its in-flight requests; returns when stopped."""
-        app = self.app(name)
-        if app.is_active():
-            app.stop_requested = True
-            self._reconcile()
-        await self.changes.wait_until(lambda: app.state is State.STOPPED)
+        """Stop app `name` after its in-flight requests; returns when stopped.
 
-    def set_coordinator(self, on: bool) -> None:
+        Requests that arrive meanwhile wait, and start it again afterwards.
+        """
+        app = self.app(name)
+        if not app.is_active():
+            return
+        stops = self._stops[name]
+        app.stop_requested = True
+        self._reconcile()
+        # A waiting request may start the app again in the very step that
+        # marks it stopped: the count of stops tells that this one is done.
+        await self.changes.wait_until(lambda: self._stops[name] > stops)
+
+    async def set_coordinator(self, on: bool) -> None:
+        """Switch the coordinator; returns once no pausable runs, if off.
+
+        On, the pausables start now if no app runs, else once none does.
+        """
         if on != self.coordinator_on:
             log.info("coordinator %s", "on" if on else "off")
         self.coordinator_on = on
         self._reconcile()
+        if not on:
+            await self.changes.wait_until(self._pausables_hold_nothing)
+
+    def waiting_for(self, name: str) -> int:
+        """How many requests wait for app `name` to start or to be free."""
+        return sum(1 for waiter in self._queue if waiter.app.name == name)
 
     def pausables_wanted(self) -> bool:
         return (
@@ -195,7 +222,7 @@ class Supervisor:
 
     def _reconcile(self) -> None:
         for waiter in self._queue:
-            if not waiter.admitted and self._may_join(waiter.app):
+            if not waiter.admitted and self._may_join(waiter.app, waiter.since):
                 waiter.admitted = True
                 waiter.app.in_flight += 1
         self._queue = [w for w in self._queue if not w.admitted]
@@ -203,7 +230,9 @@ class Supervisor:
         for app in self.apps.values():
             if app.state is not State.READY or app.in_flight:
                 continue
-            if app.stop_requested:
+            if self._shutting_down:
+                self._begin_stop(app, "shutdown")
+            elif app.stop_requested:
                 self._begin_stop(app, "unloaded")
             elif rival := self._first_rival_waiting(app):
                 self._begin_stop(app, f"conflict with {rival.name}")
@@ -214,12 +243,19 @@ class Supervisor:
                 self._begin_start(app)
         self.changes.notify()
 
-    def _may_join(self, app: OnDemandApp) -> bool:
+    def _may_join(self, app: OnDemandApp, arrived: float) -> bool:
+        """True if a request that arrived at `arrived` may use `app` now."""
         if app.state is not State.READY or app.stop_requested or self._shutting_down:
             return False
+        # Overtaken too long: a conflicting request that arrived earlier and
+        # has waited SWAP_GRACE while this app was ready. Time spent while
+        # the app was loading does not count, or a load slower than the
+        # grace would send each side's requests behind the other's forever.
         now = trio.current_time()
         return not any(
-            w.app.conflicts_with(app) and now - w.since > SWAP_GRACE
+            w.app.conflicts_with(app)
+            and w.since < arrived
+            and now - max(w.since, app.ready_since) > SWAP_GRACE
             for w in self._queue
         )
 
@@ -244,12 +280,16 @@ class Supervisor:
         for waiter in self._queue:
             if waiter.app is app:
                 waiter.attempt = attempt
-        self._nursery.start_soon(self._run_start, app, attempt)
+        # Registered before the task runs, so that a shutdown in between
+        # still cancels this start.
+        scope = self._starts[app.name] = trio.CancelScope()
+        self._nursery.start_soon(self._run_start, app, attempt, scope)
 
-    async def _run_start(self, app: OnDemandApp, attempt: StartAttempt) -> None:
+    async def _run_start(
+        self, app: OnDemandApp, attempt: StartAttempt, scope: trio.CancelScope
+    ) -> None:
         try:
-            with trio.CancelScope() as scope:
-                self._starts[app.name] = scope
+            with scope:
                 # The pausables see an active app and stop; the start goes on
                 # only once their trees have exited and the GPU is free.
                 await self.changes.wait_until(self._pausables_hold_nothing)
@@ -260,11 +300,14 @@ class Supervisor:
             # An unexpected failure fails this start, not all of RPH.
             if isinstance(exc, RPHError):
                 error = exc
-                log.error("%s", error.message)
+                if scope.cancelled_caught:
+                    log.info("start of %s abandoned (shutdown)", app.name)
+                else:
+                    log.error("%s", error.message)
             else:
                 log.exception("%s: start failed", app.name)
                 error = BackendFailed(f"{app.name}: start failed: {exc!r}")
-            app.state = State.STOPPED
+            self._mark_stopped(app)
             app.attempt = None
             for waiter in self._queue:
                 if waiter.attempt is attempt:
@@ -289,9 +332,13 @@ class Supervisor:
 
     async def _run_stop(self, app: OnDemandApp, reason: str) -> None:
         await app.stop(reason)
+        self._mark_stopped(app)
+        self._reconcile()
+
+    def _mark_stopped(self, app: OnDemandApp) -> None:
         app.state = State.STOPPED
         app.stop_requested = False
-        self._reconcile()
+        self._stops[app.name] += 1
 
     async def _watch_for_crash(self, app: OnDemandApp, child: Child) -> None:
         await child.exited.wait()
@@ -304,6 +351,7 @@ class Supervisor:
             describe_exit(child.returncode),
         )
         self._begin_stop(app, "crashed")
+        self._reconcile()
 
     async def watch_idle(self, app: OnDemandApp) -> None:
         """Stop `app` `timeout` after its last request; never returns."""
@@ -330,9 +378,8 @@ class Supervisor:
         self._shutting_down = True
         for scope in self._starts.values():
             scope.cancel()
-        for app in self.apps.values():
-            if app.state is State.READY:
-                self._begin_stop(app, "shutdown")
+        # Ready apps are stopped by the reconcile; a start ends cancelled, or
+        # if it won the race, is stopped by the reconcile when it is ready.
         self._reconcile()
         await self.changes.wait_until(self._all_stopped)
         self.closed.set()
@@ -343,8 +390,6 @@ class Supervisor:
 
     def kill_now(self) -> None:
         """The second Ctrl-C: kill every tree at once, waiting for nothing."""
-        from rph.proc import platform
-
         children = [app.child for app in self.apps.values()]
         children += [p.child for p in self.pausables]
         for child in children:
@@ -353,8 +398,6 @@ class Supervisor:
                 platform.kill_all(platform.tree_members(child.pid, child.create_time))
 
     def status(self) -> dict[str, Any]:
-        from rph.proc.status import describe
-
         return describe(self)
 
 
