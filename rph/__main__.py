@@ -1,7 +1,11 @@
 """`python -m rph`: arguments, logging, and the trio run.
 
-Ctrl-C or SIGTERM stops listening and stops every app and pausable tree,
-then exits 0; a second Ctrl-C kills every tree at once.
+`python -m rph [--config FILE]` serves until Ctrl-C or SIGTERM, which stop
+listening and stop every app and pausable tree, then exit 0; a second Ctrl-C
+kills every tree at once. `--check` validates the config and the ports and
+serves nothing; `python -m rph status` asks a running RPH what it is doing.
+Exit statuses: 0 done, 1 cannot serve (a port taken, another RPH on this
+config), 2 a config mistake, 130 killed by the second Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from pathlib import Path
 
 import trio
 
-from rph import __version__
+from rph import __version__, status_command
 from rph.config import Config, ConfigError, find_config_file, load_config
+from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
+from rph.portcheck import port_problems
 from rph.proc.leftovers import Ledger
 from rph.proc.supervisor import Supervisor
+from rph.redact import mask_cmdline
 
 log = logging.getLogger("rph")
 
@@ -33,14 +40,19 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rph",
         description="Start GPU-hungry servers on demand behind HTTP ports.",
+        epilog="'rph status [--port N] [--config FILE]' prints what a running"
+        " RPH is doing.",
     )
     parser.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         help="config file (default: ./config.json, then the user config folder)",
     )
     parser.add_argument(
-        "--check", action="store_true", help="validate the config and exit"
+        "--check",
+        action="store_true",
+        help="check the config and that its ports are free, list the apps, exit",
     )
     parser.add_argument(
         "--log-level",
@@ -70,6 +82,9 @@ def setup_logging(level: str, quiet_apps: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status_command.main(argv[1:])
     args = parse_arguments(argv)
     setup_logging(args.log_level, args.quiet_apps)
     try:
@@ -79,20 +94,39 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
     except OSError as error:
-        print(f"{args.config}: cannot read: {error.strerror}", file=sys.stderr)
+        print(f"{error.filename}: cannot read: {error.strerror}", file=sys.stderr)
         return EXIT_CONFIG
+
+    taken = port_problems(config)
     if args.check:
         print(summary(config))
-        return 0
+        for problem in taken:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILED if taken else 0
 
     log.info("rph %s, config %s", __version__, config.path)
+    for problem in taken:
+        log.error("%s", problem)
+    if taken:
+        return EXIT_FAILED
     try:
         return trio.run(run, config)
     except* (OSError, RuntimeError) as group:
-        # A port already taken, or another RPH running on this config.
-        for failure in group.exceptions:
-            log.error("cannot serve: %s", failure)
+        # Another RPH running on this config, or a port taken since the look
+        # above: said again the way the look says it.
+        failures = leaves(group)
+        if any(isinstance(failure, OSError) for failure in failures):
+            taken = port_problems(config)
+        for problem in taken or [str(failure) for failure in failures]:
+            log.error("%s", problem)
     return EXIT_FAILED
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside `error`, however deeply nurseries grouped them."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
 
 
 async def run(config: Config) -> int:
@@ -137,15 +171,20 @@ def summary(config: Config) -> str:
         f" {len(config.pausables)} pausable(s)"
     ]
     for app in config.apps:
-        route = f"port {app.port} path {app.path}"
-        if app.body_regex:
-            route += f" body /{app.body_regex}/"
-        idle = "no idle stop"
-        if app.timeout:
-            idle = f"idle stop after {app.timeout / 60:g} min"
-        lines.append(f"  {app.name}: {route} -> {app.endpoint} ({idle})")
+        host = f"[{app.host}]" if ":" in app.host else app.host
+        route = f"http://{host}:{app.port}{app.path}"
+        if app.body_regex is not None:
+            route += f" when the body matches {app.body_regex!r}"
+        facts = ["never idle-stopped"]
+        if app.timeout is not None:
+            facts = [f"idle stop after {app.timeout / SECONDS_PER_MINUTE:g} min"]
+        if app.conflicts_with:
+            facts.append(f"conflicts with {', '.join(app.conflicts_with)}")
+        if app.passive_paths:
+            facts.append(f"passive {', '.join(app.passive_paths)}")
+        lines.append(f"  {app.name}: {route} -> {app.endpoint}; {'; '.join(facts)}")
     for pausable in config.pausables:
-        lines.append(f"  {pausable.name}: pausable")
+        lines.append(f"  {pausable.name}: pausable, {mask_cmdline(pausable.cmdline)}")
     return "\n".join(lines)
 
 

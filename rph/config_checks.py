@@ -4,9 +4,10 @@
 could read, with defaults filled in, and every problem found. Each problem is
 one line naming the file, the entry (by name, else by position, #1 being the
 first), the key, what was found and what was expected; the lines come in file
-order. Checks that span entries (unique names, conflicts, default apps, one
-host per port, endpoints that would loop back) run on whatever could be read;
-checks that look at the disk (workdir, program) run only when asked.
+order. Checks that span entries (unique names, conflicts, passive paths
+outside the entry's path, default apps, one host per port, endpoints that
+would loop back) run on whatever could be read; checks that look at the disk
+(workdir, program) run only when asked.
 
 Two things are settled here rather than refused: an entry without `host`
 takes the host another entry of its port names, and conflicts are made
@@ -84,6 +85,7 @@ def check_entries(
 
     _check_names(entries, report)
     _check_conflicts(entries, report)
+    _check_passive_paths(entries, report)
     _check_ports(entries, report)
     _link_conflicts(entries)
     for entry in entries:
@@ -213,6 +215,30 @@ def _check_conflicts(entries: list[Entry], report: _Report) -> None:
                 problem = "names no ondemand entry"
                 problem += f"; did you mean {quote(hint)}?" if hint else ""
             report.key(entry, "conflicts_with", f"{quote(name)} {problem}")
+
+
+def _check_passive_paths(entries: list[Entry], report: _Report) -> None:
+    # A request reaches an entry only under its `path`: a passive path
+    # elsewhere would never match, and the abort it was meant for would
+    # start the app instead.
+    for entry in entries:
+        if entry.kind != "ondemand" or not entry.has("passive_paths", "path"):
+            continue
+        path = entry.values["path"]
+        for passive in entry.values["passive_paths"]:
+            if not _is_under(passive, path):
+                report.key(
+                    entry,
+                    "passive_paths",
+                    f"{quote(passive)} is outside this entry's path {quote(path)},"
+                    " so no request reaches it here; write a path under"
+                    f" {quote(path)}",
+                )
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    """Whether `path` is `prefix` or below it, segment by segment."""
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
 def _check_ports(entries: list[Entry], report: _Report) -> None:
