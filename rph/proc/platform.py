@@ -72,7 +72,9 @@ def spawn(
     stderr is merged into stdout so that one pump keeps the lines in order.
     Raises OSError when the program cannot be started.
     """
-    full_env = {**os.environ, **env}
+    # Python programs (KoboldCpp among them) buffer what they print when it
+    # goes to a pipe; unbuffered, their lines reach the log as they happen.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     if sys.platform == "win32":
         popen = subprocess.Popen(
             list(argv),
