@@ -372,9 +372,12 @@ async def test_a_start_past_start_timeout_gets_504_and_the_tree_is_gone() -> Non
         assert rph.supervisor.apps["llm"].state is State.STOPPED
 
 
-async def test_what_a_python_server_prints_while_loading_reaches_the_error() -> None:
+async def test_what_a_python_server_prints_while_loading_reaches_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Python buffers print() into a pipe; KoboldCpp is Python. Without RPH
     # asking for unbuffered output this line would die in the buffer.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     program = python_program(
         "import time\nprint('loading weights: layer 12 of 40')\ntime.sleep(600)\n"
     )
