@@ -24,7 +24,7 @@ from rph.config import Config, ConfigError, find_config_file, load_config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
 from rph.portcheck import port_problems
-from rph.proc.leftovers import Ledger
+from rph.proc.leftovers import AlreadyRunning, Ledger
 from rph.proc.supervisor import Supervisor
 from rph.redact import mask_cmdline
 
@@ -111,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         return trio.run(run, config)
-    except* (OSError, RuntimeError) as group:
-        # Another RPH running on this config, or a port taken since the look
-        # above: said again the way the look says it.
-        failures = leaves(group)
-        if any(isinstance(failure, OSError) for failure in failures):
-            taken = port_problems(config)
-        for problem in taken or [str(failure) for failure in failures]:
+    except* AlreadyRunning as group:
+        for failure in leaves(group):
+            log.error("%s", failure)
+    except* OSError:
+        # A port taken since the look above is said the way the look says
+        # it; any other OSError is a bug, and its traceback is wanted.
+        taken = port_problems(config)
+        if not taken:
+            raise
+        for problem in taken:
             log.error("%s", problem)
     return EXIT_FAILED
 

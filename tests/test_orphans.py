@@ -35,7 +35,7 @@ from support import (
 )
 
 from rph.proc import platform
-from rph.proc.leftovers import Ledger
+from rph.proc.leftovers import AlreadyRunning, Ledger
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="kills with POSIX signals"
@@ -176,7 +176,7 @@ async def test_an_rph_that_runs_keeps_its_children(tmp_path: Path) -> None:
         owner = {"pid": sleeper.pid, "create_time": platform.create_time(sleeper.pid)}
         ledger = Ledger(tmp_path / "children.json")
         ledger.path.write_bytes(orjson.dumps({"owner": owner, "children": []}))
-        with pytest.raises(RuntimeError, match=f"pid {sleeper.pid}"):
+        with pytest.raises(AlreadyRunning, match=f"pid {sleeper.pid}"):
             await ledger.end_leftovers()
     finally:
         await end(sleeper)

@@ -37,6 +37,10 @@ LOGGED_COMMAND_CHARS = 200
 LEFTOVER_KILL_WAIT = 10.0
 
 
+class AlreadyRunning(Exception):
+    """Another live RPH owns this config: two would fight over its apps."""
+
+
 class Ledger:
     """The state file of one config: who owns it and which children live."""
 
@@ -65,12 +69,12 @@ class Ledger:
     async def end_leftovers(self) -> int:
         """End the trees a killed predecessor left; returns how many.
 
-        Raises RuntimeError when another live RPH owns this config.
+        Raises AlreadyRunning when another live RPH owns this config.
         """
         recorded = self._read()
         owner = recorded.get("owner") or {}
         if _is_running(owner) and owner.get("pid") != os.getpid():
-            raise RuntimeError(
+            raise AlreadyRunning(
                 f"another RPH (pid {owner['pid']}) is running with this config"
             )
 

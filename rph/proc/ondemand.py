@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import subprocess
 import time
 from collections.abc import Sequence
 
@@ -116,7 +117,7 @@ class OnDemandApp:
             self.child = Child(
                 self.name, config.cmdline, config.workdir, config.env, ledger
             )
-        except OSError as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise BackendFailed(
                 f"{self.name}: cannot run {config.cmdline[0]}: {exc}"
             ) from None

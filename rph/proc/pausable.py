@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import subprocess
 from typing import Protocol
 
 import trio
@@ -127,7 +128,7 @@ class Pausable:
             child = Child(
                 self.name, config.cmdline, config.workdir, config.env, self._ledger
             )
-        except OSError as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             log.error("%s: cannot run %s: %s", self.name, config.cmdline[0], exc)
             return None
         log.info(

@@ -12,6 +12,11 @@ import contextlib
 import psutil
 
 from rph.proc import readiness
+from rph.redact import mask_cmdline
+
+# Enough of a command line to recognise the program, short enough for a
+# one-line error.
+SHOWN_COMMAND_CHARS = 200
 
 
 async def holder_of(host: str, port: int) -> str | None:
@@ -36,5 +41,8 @@ def describe_listener(port: int) -> str | None:
                 if conn.pid is None:
                     return None
                 proc = psutil.Process(conn.pid)
-                return f"pid {conn.pid} ({' '.join(proc.cmdline())[:200]})"
+                # A stranger's command line may carry its secrets; this text
+                # reaches the log and clients' error messages.
+                shown = mask_cmdline(proc.cmdline())[:SHOWN_COMMAND_CHARS]
+                return f"pid {conn.pid} ({shown})"
     return None

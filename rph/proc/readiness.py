@@ -20,6 +20,10 @@ import trio
 # leaves room for the health request and the first forward.
 POLL_INTERVAL = 0.02
 
+# A health probe that gets no answer in this long is tried again: a backend
+# busy loading may accept and then never answer that one connection.
+HEALTH_PROBE_DEADLINE = 2.0
+
 # A health answer's status line arrives in one read on loopback; a backend
 # that answers with more than this before a line end is not answering HTTP.
 _STATUS_LINE_LIMIT = 4096
@@ -80,9 +84,16 @@ async def wait_ready(host: str, port: int, health: str | None) -> Endpoint:
         except OSError:
             candidates = []  # a name that does not resolve yet is not ready
         endpoint = await accepts_connections(candidates)
-        if endpoint and (health is None or await _is_healthy(endpoint, health)):
+        if endpoint and (health is None or await _answers_healthy(endpoint, health)):
             return endpoint
         await trio.sleep(POLL_INTERVAL)
+
+
+async def _answers_healthy(endpoint: Endpoint, path: str) -> bool:
+    """One health probe; a backend that accepts but stays silent is not ready."""
+    with trio.move_on_after(HEALTH_PROBE_DEADLINE):
+        return await _is_healthy(endpoint, path)
+    return False
 
 
 async def _is_healthy(endpoint: Endpoint, path: str) -> bool:

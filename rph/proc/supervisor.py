@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from rph.config import Config
+from rph.config_keys import SECONDS_PER_MINUTE
 from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
 from rph.proc import platform
 from rph.proc.changes import Changes
@@ -316,6 +317,9 @@ class Supervisor:
             attempt.finish(error)
         else:
             app.state = State.READY
+            # The idle clock starts now: requesters that left during a long
+            # load must not make the freshly loaded model look idle for ages.
+            app.last_active = trio.current_time()
             assert app.child is not None
             self._nursery.start_soon(self._watch_for_crash, app, app.child)
             attempt.finish()
@@ -327,6 +331,10 @@ class Supervisor:
         return all(p.holds_nothing() for p in self.pausables)
 
     def _begin_stop(self, app: OnDemandApp, reason: str) -> None:
+        # Only a ready app is stopped this way; one already stopping (say,
+        # idle and crashed in the same instant) is stopped once.
+        if app.state is not State.READY:
+            return
         app.state = State.STOPPING
         self._nursery.start_soon(self._run_stop, app, reason)
 
@@ -342,7 +350,7 @@ class Supervisor:
 
     async def _watch_for_crash(self, app: OnDemandApp, child: Child) -> None:
         await child.exited.wait()
-        if child.stopping or app.child is not child:
+        if child.stopping or app.child is not child or app.state is not State.READY:
             return
         app.crashes += 1
         log.warning(
@@ -364,7 +372,7 @@ class Supervisor:
                 await self.changes.wait()
                 continue
             if app.idle_deadline() == deadline:
-                minutes = (app.config.timeout or 0) / 60
+                minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
                 self._begin_stop(app, f"idle for {minutes:g} min")
                 self._reconcile()
 
