@@ -99,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 
     taken = port_problems(config)
     if args.check:
-        print(summary(config))
+        # The file is fine, but RPH could not serve it now: no "OK" then.
         for problem in taken:
             print(problem, file=sys.stderr)
-        return EXIT_FAILED if taken else 0
+        if taken:
+            return EXIT_FAILED
+        print(summary(config))
+        return 0
 
     log.info("rph %s, config %s", __version__, config.path)
     for problem in taken:

@@ -252,6 +252,7 @@ async def test_a_taken_port_is_named_with_its_holder(
 
     assert done.returncode == 1
     assert b"Traceback" not in done.stderr
+    assert b"OK" not in done.stdout  # a check that fails says nothing is fine
     (line,) = [
         line for line in done.stderr.decode().splitlines() if "cannot listen" in line
     ]

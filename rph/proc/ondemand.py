@@ -94,6 +94,17 @@ class OnDemandApp:
             or self.name in other.config.conflicts_with
         )
 
+    async def check_endpoint_free(self) -> None:
+        """Raise BackendFailed (502) if something already listens there."""
+        config = self.config
+        holder = await ports.holder_of(config.endpoint_host, config.endpoint_port)
+        if holder:
+            raise BackendFailed(
+                f"{self.name}: port {config.endpoint_port} is already in use by"
+                f" {holder}; RPH will not send requests to a program it did not"
+                " start. Stop that program or change the app's endpoint."
+            )
+
     async def start(self, ledger: Ledger | None, nursery: trio.Nursery) -> None:
         """Spawn the child and wait until it is ready.
 
@@ -104,13 +115,7 @@ class OnDemandApp:
         """
         config = self.config
         began = trio.current_time()
-        holder = await ports.holder_of(config.endpoint_host, config.endpoint_port)
-        if holder:
-            raise BackendFailed(
-                f"{self.name}: port {config.endpoint_port} is already in use by"
-                f" {holder}; RPH will not send requests to a program it did not"
-                " start. Stop that program or change the app's endpoint."
-            )
+        await self.check_endpoint_free()
 
         log.info("starting %s: %s", self.name, mask_cmdline(config.cmdline))
         try:
