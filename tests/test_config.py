@@ -100,7 +100,9 @@ def test_example_loads() -> None:
     assert kobold.passive_paths == ("/api/extra/abort",)
     assert kobold.timeout == 600.0
     assert kobold.body_regex is None
-    assert summarizer.body_regex == ".*summarize.*"
+    # SillyTavern's Summarize extension's default prompt, as the seed wrote
+    # patterns: with leading and trailing ".*".
+    assert summarizer.body_regex == ".*Summarize the most important facts.*"
     assert "koboldcpp" in summarizer.conflicts_with
     assert "summarizer" in kobold.conflicts_with
     assert llama.health == "/health"
