@@ -1,0 +1,1 @@
+"""Benchmarks: RPH against the same backend reached directly (`make bench`)."""

@@ -1,0 +1,52 @@
+"""`make bench` runs, and what it moves arrives intact.
+
+The benchmark runs as a user runs it (`python -m benchmarks`), on its
+`--smoke` load: a few rounds of every measure, through a real RPH process.
+No figure is asserted — shared machines are too noisy for that — only that
+every measure produced one and every integrity check passed: streams
+complete, uploads and downloads hashed as sent, abandoned streams seen by
+the backend as aborts.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT
+
+# A smoke run takes a few seconds; a busy machine may take several times that.
+SMOKE_RUN_LIMIT = 120
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_RUN_LIMIT + 10)
+def test_benchmark_smoke_run_passes_its_integrity_checks(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_RUN_LIMIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    report = json.loads(results.read_text())
+    assert report["checks"]["ok"], report["checks"]["failed"]
+    passed = report["checks"]["passed"]
+    for check in (
+        "streams complete",
+        "upload sha256",
+        "download sha256",
+        "small requests 200",
+        "cold start answered",
+        "abandoned streams reached the backend",
+    ):
+        assert passed.get(check), f"{check!r} never ran"
+
+    rows = [row for section in report["sections"].values() for row in section]
+    assert all(row["rph"]["n"] for row in rows), "a measure has no samples"
+    assert "first token, fresh connection" in run.stdout  # the table was printed
