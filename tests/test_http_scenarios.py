@@ -399,7 +399,9 @@ async def test_head_answered_by_rph_itself_has_no_body() -> None:
 async def test_informational_responses_reach_http11_clients_only() -> None:
     hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
     final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    backend = scripted_app("hints", f"conn.sendall({hints + final!r})")
+    # Closed after each answer: the scripted backend never reads a kept
+    # connection again, where a real one would (and RPH's pool would use it).
+    backend = scripted_app("hints", f"conn.sendall({hints + final!r})\nconn.close()")
     async with running_rph([backend]) as rph:
         for version, expected in ((b"1.1", hints + final), (b"1.0", final)):
             sock = await connect(rph.port)

@@ -287,7 +287,7 @@ async def test_oversized_head_in_a_single_read_is_refused() -> None:
     with ours, theirs:
         await theirs.send(head)
         conn = ClientConnection(trio.SocketStream(ours), "test")
-        async with trio.open_nursery() as nursery:
+        async with conn.stream, trio.open_nursery() as nursery:
             nursery.start_soon(conn.read_continuously)
             with pytest.raises(HeadTooLarge):
                 await rph_http.read_request(conn, lambda path: MAX_BODY)

@@ -6,6 +6,8 @@ request is answered it notices at once that the client left (an EOF or a
 reset reaches the watch of that request) and keeps pipelined bytes for
 later. Reading all the time costs nothing per request, where a reader
 started and cancelled for each request would cost more than the relaying.
+A request body of known length is read in place into one buffer of its
+size (`begin_body`).
 
 Writes translate a connection that broke into ClientGone, and closing is
 done so that the client can still read everything RPH sent.
@@ -17,6 +19,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import trio
+
+from rph.net import fastio
 
 # After RPH's last byte, what the client still sends is read and dropped
 # for this long before the socket closes: closing with unread bytes makes
@@ -44,7 +48,8 @@ class ClientConnection:
     """A client's socket and the bytes read from it but not yet used."""
 
     def __init__(self, stream: trio.SocketStream, peer: str) -> None:
-        self.stream = stream
+        self.stream, raw = fastio.adopt(stream)
+        self.fast = fastio.FastSocket(raw)
         self.peer = peer
         self.buffer = bytearray()
         self.eof = False
@@ -55,52 +60,96 @@ class ClientConnection:
         self._arrived = trio.Event()
         self._unpaused = trio.Event()
         self._waiting = False
+        self._taken_in = 0  # bytes read so far, into `buffer` or a body
+        # The unfilled end of a body being read (see `begin_body`).
+        self._body_rest: memoryview | None = None
 
     async def read_continuously(self) -> None:
-        """Read into `buffer` until EOF or a reset; the connection's reader."""
+        """Read until EOF or a reset; the connection's reader."""
         while True:
-            if len(self.buffer) >= PIPELINE_BUFFER_LIMIT and not self._waiting:
+            body_rest = self._body_rest  # once filled, what follows is buffered
+            full = len(self.buffer) >= PIPELINE_BUFFER_LIMIT
+            if not body_rest and full and not self._waiting:
                 self._unpaused = trio.Event()
                 await self._unpaused.wait()
                 continue
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                if body_rest:
+                    # Straight into the body: no copy, no growing buffer.
+                    read = await self.fast.receive_into(body_rest)
+                    self._body_rest = body_rest[read:]
+                else:
+                    data = await self.fast.receive(READ_SIZE)
+                    self.buffer += data
+                    read = len(data)
+                    # A body may have begun while this read waited.
+                    self._buffered_into_body()
             except _BROKEN:
                 self.reset = True
                 self._arrived.set()
                 if self.on_reset is not None:
                     self.on_reset()
                 return
-            if not data:
+            if not read:
                 self.eof = True
                 self._arrived.set()
                 if self.on_eof is not None:
                     await self.on_eof()
                 return
-            self.buffer += data
+            self._taken_in += read
             self._arrived.set()
 
     async def receive(self) -> bool:
-        """Wait until `buffer` grows; False once the client sent EOF.
+        """Wait until more is read (into `buffer` or a body); False at EOF.
 
         Raises ClientGone if the connection was reset: unlike an EOF, that
         leaves nobody to answer.
         """
-        size = len(self.buffer)
+        taken_in = self._taken_in
         self._waiting = True
         self._unpaused.set()
         try:
-            while len(self.buffer) == size and not (self.eof or self.reset):
+            while self._taken_in == taken_in and not (self.eof or self.reset):
                 if self._arrived.is_set():
                     self._arrived = trio.Event()
                 await self._arrived.wait()
         finally:
             self._waiting = False
-        if len(self.buffer) > size:
+        if self._taken_in > taken_in:
             return True
         if self.reset:
             raise ClientGone
         return False
+
+    def begin_body(self, length: int) -> bytearray:
+        """A body of `length` bytes: what `buffer` holds, the rest to come.
+
+        The reader fills the rest in place; `receive` waits for it and
+        `body_missing` says how much is left. `end_body` must follow.
+        """
+        body = bytearray(length)
+        self._body_rest = memoryview(body)
+        self._buffered_into_body()
+        return body
+
+    def _buffered_into_body(self) -> None:
+        rest = self._body_rest
+        if rest is None or not self.buffer:
+            return
+        taken = min(len(rest), len(self.buffer))
+        with memoryview(self.buffer) as buffered:
+            rest[:taken] = buffered[:taken]
+        del self.buffer[:taken]
+        self._body_rest = rest[taken:]
+
+    def body_missing(self) -> int:
+        return len(self._body_rest) if self._body_rest is not None else 0
+
+    def end_body(self) -> None:
+        """Back to reading into `buffer` (the next request, pipelined bytes)."""
+        if self._body_rest is not None:
+            self._body_rest.release()
+            self._body_rest = None
 
     def has_unread(self) -> bool:
         """Whether bytes or an EOF from the client wait in the socket."""
@@ -109,7 +158,7 @@ class ClientConnection:
     async def send(self, data: bytes) -> None:
         """Write to the client; raises ClientGone if it is not there."""
         try:
-            await self.stream.send_all(data)
+            await self.fast.send_all(data)
         except _BROKEN:
             raise ClientGone from None
 

@@ -3,7 +3,8 @@
 Each request on a keep-alive connection is routed on its own, so one
 connection may talk to several apps. The backend connection of the last
 request is kept and reused while the next request goes to the same start of
-the same app. Errors RPH answers itself end the connection when the request
+the same app; when the client leaves, the port's pool keeps it for the next
+client (net/pool). Errors RPH answers itself end the connection when the request
 could not be read whole, and keep it otherwise; an error after the client
 got bytes of a response ends the connection without a second response.
 """
@@ -20,6 +21,7 @@ from rph.net import control
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.heads import error_response, forward_head, json_response
 from rph.net.http import Request, read_request
+from rph.net.pool import UpstreamPool
 from rph.net.relay import ClientAborted, Outcome, relay_response, tunnel
 from rph.net.router import PortRouter, Route
 from rph.net.upstream import Upstream, UpstreamClosed, open_upstream, send_request
@@ -39,11 +41,13 @@ class Exchange:
         router: PortRouter,
         supervisor: Supervisor,
         loopback_listener: bool,
+        pool: UpstreamPool,
     ) -> None:
         self.conn = conn
         self.router = router
         self.supervisor = supervisor
         self.loopback_listener = loopback_listener
+        self.pool = pool
         self.upstream: Upstream | None = None
 
     async def serve(self) -> None:
@@ -55,8 +59,9 @@ class Exchange:
                     pass
                 nursery.cancel_scope.cancel()
         finally:
-            if self.upstream is not None:
-                await self.upstream.aclose()
+            upstream, self.upstream = self.upstream, None
+            if upstream is not None:
+                await self.pool.keep(upstream)
         await self.conn.aclose()
 
     async def _answer_one(self) -> bool:
@@ -162,14 +167,14 @@ class Exchange:
         await relay_response(self.conn, upstream, request, outcome)
 
     async def _upstream_for(self, endpoint: Endpoint) -> Upstream:
-        """The kept backend connection if still good, else a new one."""
+        """The kept backend connection if still good, else a pooled or new one."""
         kept, self.upstream = self.upstream, None
+        if kept is not None and kept.is_fit_for(endpoint):
+            self.upstream = kept
+            return kept
         if kept is not None:
-            if kept.is_fit_for(endpoint):
-                self.upstream = kept
-                return kept
-            await kept.aclose()
-        self.upstream = await open_upstream(endpoint)
+            await self.pool.keep(kept)  # another app's: another client may use it
+        self.upstream = await self.pool.take(endpoint) or await open_upstream(endpoint)
         return self.upstream
 
     async def _answer_control(self, request: Request) -> bool:

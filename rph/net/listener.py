@@ -13,6 +13,7 @@ import trio
 
 from rph.net.client import ClientConnection
 from rph.net.exchange import Exchange
+from rph.net.pool import UpstreamPool
 from rph.net.router import PortRouter
 from rph.proc.supervisor import Supervisor
 
@@ -34,19 +35,21 @@ async def serve_port(
     names = ", ".join(app.name for app in router.apps)
     log.info("listening on http://%s:%d for %s", _shown(host), bound, names)
     task_status.started(bound)
+    pool = UpstreamPool()
 
     async def handle(stream: trio.SocketStream) -> None:
         peer = _peer_of(stream)
-        exchange = Exchange(
-            ClientConnection(stream, peer), router, supervisor, loopback
-        )
+        conn = ClientConnection(stream, peer)  # takes the socket over
+        exchange = Exchange(conn, router, supervisor, loopback, pool)
         try:
-            async with stream:
+            async with conn.stream:
                 await exchange.serve()
         except Exception:
             log.exception("connection from %s failed", peer)
 
-    await trio.serve_listeners(handle, listeners)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.sweep_forever)
+        await trio.serve_listeners(handle, listeners)
 
 
 def _peer_of(stream: trio.SocketStream) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from rph.errors import BackendFailed
+from rph.net import fastio
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.framing import (
     RESPONSE_HEAD_LIMIT,
@@ -33,6 +34,10 @@ from rph.net.upstream import BROKEN, Upstream, UpstreamClosed
 # One read from the backend; a streamed token is far smaller, a download
 # moves in pieces this size.
 RELAY_READ = 256 * 1024
+
+# A body with this much left to relay goes from socket to socket inside the
+# kernel where it can (Linux): a large download is not copied through RPH.
+SPLICE_FROM = 1024 * 1024 if fastio.CAN_SPLICE else float("inf")
 
 
 class ClientAborted(Exception):
@@ -106,7 +111,7 @@ async def _read_head(upstream: Upstream, method: bytes) -> ResponseHead:
             raise BackendFailed("the backend's response head is too large")
         searched = max(0, len(buffer) - 3)
         try:
-            data = await upstream.stream.receive_some(RELAY_READ)
+            data = await upstream.fast.receive(RELAY_READ)
         except BROKEN as exc:
             if buffer:
                 raise BackendFailed(
@@ -174,18 +179,31 @@ async def _relay_body(
         outcome.bytes_down += len(data)
         if ended:
             return True, clean
+        if framing is Framing.LENGTH and remaining >= SPLICE_FROM:
+            moved = await _splice_to_client(conn, upstream, remaining)
+            outcome.bytes_down += moved
+            return moved == remaining, True
 
         try:
-            data = await upstream.stream.receive_some(RELAY_READ)
+            data = await upstream.fast.receive(RELAY_READ)
         except BROKEN:
             return False, False
         if not data:
             return framing is Framing.CLOSE, True
 
 
+async def _splice_to_client(
+    conn: ClientConnection, upstream: Upstream, length: int
+) -> int:
+    try:
+        return await fastio.splice(upstream.fast, conn.fast, length)
+    except fastio.SinkBroken:
+        raise ClientAborted from None
+
+
 async def _to_client(conn: ClientConnection, data: bytes) -> None:
     try:
-        await conn.stream.send_all(data)
+        await conn.fast.send_all(data)
     except BROKEN:
         raise ClientAborted from None
 

@@ -66,7 +66,7 @@ class PortRouter:
         candidates = self._candidates(path)
         return max((app.max_body for app in candidates), default=NO_APP_BODY_LIMIT)
 
-    def route(self, path: str, body: bytes) -> Route:
+    def route(self, path: str, body: bytes | bytearray) -> Route:
         """The route for a request; raises NoRoute (404)."""
         candidates = self._candidates(path)
         chosen = None

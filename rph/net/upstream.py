@@ -13,6 +13,7 @@ import contextlib
 import trio
 
 from rph.errors import BackendFailed
+from rph.net import fastio
 from rph.proc.readiness import Endpoint
 
 # Below this the head and body go out in one write (one segment on the
@@ -34,7 +35,8 @@ class Upstream:
     """A connection to one start of a backend, reusable between requests."""
 
     def __init__(self, stream: trio.SocketStream, owner: Endpoint) -> None:
-        self.stream = stream
+        self.stream, raw = fastio.adopt(stream)
+        self.fast = fastio.FastSocket(raw)
         self.owner = owner  # the start it belongs to; a new start, a new socket
         self.buffer = bytearray()
         self.uses = 0
@@ -67,15 +69,17 @@ async def open_upstream(endpoint: Endpoint) -> Upstream:
     return Upstream(stream, endpoint)
 
 
-async def send_request(upstream: Upstream, head: bytes, body: bytes) -> None:
+async def send_request(
+    upstream: Upstream, head: bytes, body: bytes | bytearray
+) -> None:
     """Send the rebuilt head and the buffered body; raises UpstreamClosed."""
     upstream.uses += 1
     try:
         if len(body) < _JOIN_BELOW:
-            await upstream.stream.send_all(head + body)
+            await upstream.fast.send_all(head + body)
         else:
-            await upstream.stream.send_all(head)
-            await upstream.stream.send_all(body)
+            await upstream.fast.send_all(head)
+            await upstream.fast.send_all(body)
     except BROKEN as exc:
         raise UpstreamClosed(f"the backend closed the connection: {exc}") from None
 

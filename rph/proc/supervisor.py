@@ -363,14 +363,16 @@ class Supervisor:
 
     async def watch_idle(self, app: OnDemandApp) -> None:
         """Stop `app` `timeout` after its last request; never returns."""
+        if app.config.timeout is None:
+            await trio.sleep_forever()  # never idle-stopped: nothing to watch
         while True:
             deadline = app.idle_deadline()
             if deadline is None:
                 await self.changes.wait()
                 continue
-            with trio.move_on_at(deadline):
-                await self.changes.wait()
-                continue
+            # Asleep until the deadline, not woken by every request's end:
+            # a later request moves the deadline, which is seen on waking.
+            await trio.sleep_until(deadline)
             if app.idle_deadline() == deadline:
                 minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
                 self._begin_stop(app, f"idle for {minutes:g} min")
