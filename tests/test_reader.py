@@ -15,6 +15,9 @@ import pytest
 import trio
 from support import app, connect, exchange, running_rph
 
+from rph.net.client import ClientConnection
+from rph.net.http import CONTINUE, read_request
+
 SIZES = (1, 64 * 1024, 3 * 1024 * 1024 + 7)
 
 
@@ -66,3 +69,26 @@ def split_responses(raw: bytes) -> list[bytes]:
         bodies.append(raw[end + 4 : end + 4 + length])
         raw = raw[end + 4 + length :]
     return bodies
+
+
+async def test_a_chunked_body_read_during_the_100_continue_is_kept() -> None:
+    # The connection's reader may take in the body while RPH is still
+    # writing its 100 Continue; none of those bytes may be lost.
+    body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+    class BodyArrivesDuringSend(ClientConnection):
+        async def send(self, data: bytes) -> None:
+            assert data == CONTINUE
+            self.buffer += body
+
+    left, right = trio.socket.socketpair()
+    async with trio.SocketStream(left):
+        # The connection takes the socket over, and closes it.
+        conn = BodyArrivesDuringSend(trio.SocketStream(right), "test")
+        async with conn.stream:
+            conn.buffer += (
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            request = await read_request(conn, lambda path: 1024)
+    assert request.body == b"hello world"

@@ -103,6 +103,9 @@ async def read_request(
             raise RequestTimeout(message) from None
     request, head_size = parsed
     del conn.buffer[:head_size]
+    # What the parser has seen of the body so far: the connection's reader
+    # may add more to the buffer while the 100 Continue below is sent.
+    parsed_body_bytes = len(conn.buffer)
 
     _check_framing(request)
     chunked = request.header(b"transfer-encoding") is not None
@@ -121,7 +124,7 @@ async def read_request(
         await conn.send(CONTINUE)
 
     if chunked:
-        request.body = await _read_chunked(conn, parser, limit)
+        request.body = await _read_chunked(conn, parser, limit, parsed_body_bytes)
     elif length:
         request.body = await _read_exactly(conn, length)
     return request
@@ -223,12 +226,15 @@ def _protocol_error(exc: h11.RemoteProtocolError) -> RPHError:
 
 
 async def _read_chunked(
-    conn: ClientConnection, parser: h11.Connection, limit: int
+    conn: ClientConnection, parser: h11.Connection, limit: int, seen: int
 ) -> bytes:
-    # The parser holds every byte read so far; what follows the body goes
-    # back to the connection's buffer for the next request.
+    # The parser holds the first `seen` bytes of the buffer already; it gets
+    # the rest, and what follows the body goes back to the connection's
+    # buffer for the next request.
     pieces: list[bytes] = []
     size = 0
+    if len(conn.buffer) > seen:
+        parser.receive_data(bytes(conn.buffer[seen:]))
     conn.buffer.clear()
     while True:
         try:
