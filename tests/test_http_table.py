@@ -173,6 +173,12 @@ cases: dict[str, Case] = {
     "coordinator via a rebound name": Case(
         get(b"/stopcoordinator", b"Host: evil.example:6000\r\n", CLOSE), 403
     ),
+    "coordinator via a host that is no host": Case(
+        get(b"/stopcoordinator", b"Host: [::1\r\n", CLOSE), 403
+    ),
+    "coordinator from an origin that is no URL": Case(
+        get(b"/stopcoordinator", HOST, CLOSE, b"Origin: http://[evil\r\n"), 403
+    ),
     "app start via a rebound name": Case(
         b"POST /rph/apps/llm/start HTTP/1.1\r\nHost: evil.example\r\n"
         b"Content-Length: 0\r\nConnection: close\r\n\r\n",

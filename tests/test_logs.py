@@ -17,6 +17,7 @@ import h11
 import psutil
 import pytest
 import trio
+import trio.testing
 from support import (
     app,
     connect,
@@ -206,6 +207,36 @@ async def test_one_debug_line_per_exchange_without_body_or_secrets(
     assert int(down) >= len(response.body)
     for secret in ("my private diary", "sk-in-header", "sk-in-query"):
         assert secret not in log.text
+
+
+async def test_a_client_leaving_mid_stream_is_logged_as_aborted(
+    log: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    slow = app(
+        "llm",
+        backend_port=port,
+        cmdline=standin(port, "--token-interval", "0.2"),
+    )
+    async with running_rph([slow]) as rph:
+        llm = rph.supervisor.apps["llm"]
+        async with await connect(rph.port) as stream:
+            body = b'{"prompt": "hi", "stream": true, "max_tokens": 50}'
+            await stream.send_all(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            while b"data: " not in await stream.receive_some(65536):
+                pass
+        await rph.supervisor.changes.wait_until(lambda: llm.in_flight == 0)
+        await trio.testing.wait_all_tasks_blocked()
+
+    line_matching(
+        log,
+        r"127\.0\.0\.1 POST /v1/completions -> llm 200 (aborted|\(client closed\))"
+        r" up=\d+ down=[1-9]\d*"
+        r" ttfb=\d+\.\d+s total=\d+\.\d+s",
+    )
 
 
 @pytest.mark.timeout(30)

@@ -101,19 +101,26 @@ def _check_origin(request: Request, loopback_listener: bool) -> None:
     host = _hostname((request.header(b"host") or b"").decode("latin-1"))
     origin = request.header(b"origin")
     if origin is not None:
-        origin_host = urlsplit(origin.decode("latin-1")).hostname
-        if origin_host is None or origin_host != host:
+        origin_host = _hostname(origin.decode("latin-1"), url=True)
+        if not origin_host or origin_host != host:
             raise Forbidden("control endpoints refuse requests from another site")
 
     if loopback_listener and host and not is_loopback_name(host):
         raise Forbidden(f"control endpoints answer only loopback names, not {host!r}")
 
 
-def _hostname(host_header: str) -> str:
-    """The host part of a Host header value, lower case, without brackets."""
-    if not host_header:
+def _hostname(value: str, url: bool = False) -> str:
+    """The host part of a Host header (or an Origin URL), lower case.
+
+    Brackets of an IPv6 address are removed; a value that is not a host at
+    all (an unbalanced "[", say) gives "", which is never a loopback name.
+    """
+    if not value:
         return ""
-    return (urlsplit("//" + host_header).hostname or "").lower()
+    try:
+        return (urlsplit(value if url else "//" + value).hostname or "").lower()
+    except ValueError:
+        raise Forbidden(f"control endpoints refuse the host {value!r}") from None
 
 
 def is_loopback_name(host: str) -> bool:

@@ -112,7 +112,9 @@ class Exchange:
             finally:
                 watch.stop()
         if watch.gone:
-            return None
+            outcome.aborted = True
+            outcome.client_keeps = False
+            return outcome
         if failure is not None:
             if not outcome.head_sent:
                 raise failure
@@ -217,7 +219,17 @@ class Exchange:
         if not log.isEnabledFor(logging.DEBUG):
             return
         now = trio.current_time()
-        status = outcome.status if outcome else "aborted"
+        if outcome is None:
+            status = "aborted"
+        elif outcome.aborted:
+            # The client left, before any answer or in the middle of one.
+            status = f"{outcome.status or ''} aborted".lstrip()
+        elif self.conn.eof:
+            # EOF while the answer came: a client gone, or one that only
+            # half-closed; the backend was told and decided how to end.
+            status = f"{outcome.status} (client closed)"
+        else:
+            status = str(outcome.status)
         sent = outcome.bytes_down if outcome else 0
         ttfb = (
             f"{outcome.first_byte_at - request.started:.3f}s"

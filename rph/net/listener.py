@@ -6,12 +6,12 @@ and every other connection go on.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import trio
 
 from rph.net.client import ClientConnection
+from rph.net.control import is_loopback_name
 from rph.net.exchange import Exchange
 from rph.net.pool import UpstreamPool
 from rph.net.router import PortRouter
@@ -31,7 +31,7 @@ async def serve_port(
     """Listen on host:port until cancelled; `started` gets the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    loopback = _is_loopback(host)
+    loopback = is_loopback_name(host)
     names = ", ".join(app.name for app in router.apps)
     log.info("listening on http://%s:%d for %s", _shown(host), bound, names)
     task_status.started(bound)
@@ -39,7 +39,11 @@ async def serve_port(
 
     async def handle(stream: trio.SocketStream) -> None:
         peer = _peer_of(stream)
-        conn = ClientConnection(stream, peer)  # takes the socket over
+        try:
+            conn = ClientConnection(stream, peer)  # takes the socket over
+        except OSError:
+            await stream.aclose()  # the client was already gone
+            return
         exchange = Exchange(conn, router, supervisor, loopback, pool)
         try:
             async with conn.stream:
@@ -58,15 +62,6 @@ def _peer_of(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return str(address[0])
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _shown(host: str) -> str:

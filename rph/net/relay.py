@@ -55,6 +55,7 @@ class Outcome:
     bytes_down: int = 0
     first_byte_at: float | None = None
     tunnel: bool = False
+    aborted: bool = False  # the client went away before the end
 
 
 async def relay_response(
