@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from rph.proc.child import Child
 from rph.proc.ondemand import State
 
 if TYPE_CHECKING:
@@ -20,15 +22,12 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
     now = trio.current_time()
     apps = []
     for app in supervisor.apps.values():
-        child = app.child
         deadline = app.idle_deadline()
-        lines = list(child.last_lines if child else app.last_lines)
         apps.append(
             {
                 "name": app.name,
                 "state": app.state.value,
-                "pid": child.pid if child else None,
-                "uptime": round(now - child.started_at, 1) if child else None,
+                **_process(app.child, app.last_lines, now),
                 "in_flight": app.in_flight,
                 "waiting": supervisor.waiting_for(app.name),
                 "idle_stop_in": None
@@ -39,29 +38,36 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
                 "port": app.config.port,
                 "path": app.config.path,
                 "endpoint": app.config.endpoint,
-                "last_output": lines[-STATUS_LINES:],
                 "ready": app.state is State.READY,
             }
         )
     pausables = []
     for pausable in supervisor.pausables:
-        child = pausable.child
-        lines = list(child.last_lines if child else pausable.last_lines)
         pausables.append(
             {
                 "name": pausable.name,
                 "state": pausable.state.value,
-                "pid": child.pid if child else None,
-                "uptime": round(now - child.started_at, 1) if child else None,
+                **_process(pausable.child, pausable.last_lines, now),
                 "restarts": pausable.restarts,
                 "restart_in": None
                 if pausable.restart_at is None
                 else round(max(0.0, pausable.restart_at - now), 1),
-                "last_output": lines[-STATUS_LINES:],
             }
         )
     return {
         "coordinator": "on" if supervisor.coordinator_on else "off",
         "apps": apps,
         "pausables": pausables,
+    }
+
+
+def _process(
+    child: Child | None, kept_lines: Sequence[str], now: float
+) -> dict[str, Any]:
+    """The running process's fields, or what it printed before it stopped."""
+    lines = list(child.last_lines if child else kept_lines)
+    return {
+        "pid": child.pid if child else None,
+        "uptime": round(now - child.started_at, 1) if child else None,
+        "last_output": lines[-STATUS_LINES:],
     }
