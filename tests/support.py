@@ -228,6 +228,15 @@ async def raw_exchange(
     return received
 
 
+async def read_until_eof(sock: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes (10 s at most)."""
+    received = b""
+    with trio.fail_after(10):
+        while chunk := await sock.receive_some(65536):
+            received += chunk
+    return received
+
+
 def status_of(raw: bytes) -> int:
     """The status code of the first response in `raw`, or 0 if none."""
     parts = raw.split(b" ", 2)

@@ -18,7 +18,16 @@ import orjson
 import pytest
 import trio
 from scripted import refusing_app, scripted_app
-from support import app, connect, exchange, free_port, request, running_rph, standin
+from support import (
+    app,
+    connect,
+    exchange,
+    free_port,
+    read_until_eof,
+    request,
+    running_rph,
+    standin,
+)
 
 from rph.config import AppConfig
 from rph.proc.ondemand import State
@@ -40,14 +49,6 @@ async def wait_for_stats(config: AppConfig, key: str, value: int) -> None:
         if (await backend_stats(config))[key] >= value:
             return
         await trio.sleep(POLL)
-
-
-async def read_until_eof(sock: trio.SocketStream) -> bytes:
-    received = b""
-    with trio.fail_after(10):
-        while chunk := await sock.receive_some(65536):
-            received += chunk
-    return received
 
 
 def post(target: bytes, body: bytes) -> bytes:

@@ -25,6 +25,7 @@ from support import (
     exchange,
     free_port,
     read_response,
+    read_until_eof,
     request,
     running_rph,
     standin,
@@ -33,14 +34,6 @@ from support import (
 from rph.net import http as rph_http
 
 Headers = Sequence[tuple[str, str]]
-
-
-async def read_until_eof(sock: trio.SocketStream) -> bytes:
-    received = b""
-    with trio.fail_after(10):
-        while chunk := await sock.receive_some(65536):
-            received += chunk
-    return received
 
 
 def parse_responses(raw: bytes, methods: Sequence[str]) -> list[Response]:
