@@ -16,17 +16,25 @@ import trio
 class Changes:
     def __init__(self) -> None:
         self._event = trio.Event()
+        # Every lease notifies twice, and nearly always nobody waits: the
+        # event is only spent (and replaced) when a task waits on it.
+        self._waiting = 0
 
     def notify(self) -> None:
         """Wake every task waiting in `wait` or `wait_until`."""
-        self._event.set()
-        self._event = trio.Event()
+        if self._waiting:
+            self._event.set()
+            self._event = trio.Event()
 
     async def wait(self) -> None:
         """Block until the next `notify`."""
-        await self._event.wait()
+        self._waiting += 1
+        try:
+            await self._event.wait()
+        finally:
+            self._waiting -= 1
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Block until `condition()` holds; returns at once if it does."""
         while not condition():
-            await self._event.wait()
+            await self.wait()
