@@ -13,8 +13,8 @@ import pytest
 import trio
 from support import Response, app, connect, request, running_rph, standin
 
-import rph.proc.supervisor as supervisor_module
 from rph.config import AppConfig
+from rph.proc import admission
 from rph.proc.ondemand import State
 
 # Fast enough that a test takes a second, slow enough that a stream is
@@ -120,7 +120,7 @@ async def test_a_swap_slower_than_the_grace_still_serves_in_batches(
 ) -> None:
     # Loading a model takes longer than SWAP_GRACE: the requests that
     # waited for a start are served by it, not sent to the back again.
-    monkeypatch.setattr(supervisor_module, "SWAP_GRACE", 0.1)
+    monkeypatch.setattr(admission, "SWAP_GRACE", 0.1)
     async with running_rph(conflicting_pair(load_delay=0.5)) as rph:
         served: list[str] = []
 
@@ -186,7 +186,7 @@ async def test_a_busy_app_lets_a_waiting_rival_in_after_the_grace(
 ) -> None:
     # a is never idle: its requests overlap. A request for b still gets its
     # turn once it has waited SWAP_GRACE; a's later requests queue behind.
-    monkeypatch.setattr(supervisor_module, "SWAP_GRACE", 0.5)
+    monkeypatch.setattr(admission, "SWAP_GRACE", 0.5)
     async with running_rph(conflicting_pair()) as rph:
         apps = rph.supervisor.apps
         finished: list[tuple[str, float]] = []

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -32,7 +31,8 @@ import trio
 from rph.config import Config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
-from rph.proc import platform
+from rph.proc import admission, platform
+from rph.proc.admission import Waiter
 from rph.proc.changes import Changes
 from rph.proc.child import Child
 from rph.proc.leftovers import Ledger
@@ -42,21 +42,6 @@ from rph.proc.readiness import Endpoint
 from rph.proc.status import describe
 
 log = logging.getLogger("rph.proc")
-
-# How long a request for a conflicting app may wait while the running app
-# keeps taking new requests. Long enough that requests sent together are
-# served in batches, short enough that a summarizer call is not starved by
-# a busy chat model.
-SWAP_GRACE = 10.0
-
-
-@dataclass(eq=False)
-class Waiter:
-    app: OnDemandApp
-    since: float
-    attempt: StartAttempt | None = None
-    admitted: bool = False
-    error: RPHError | None = None
 
 
 class Supervisor:
@@ -235,7 +220,7 @@ class Supervisor:
                 self._begin_stop(app, "shutdown")
             elif app.stop_requested:
                 self._begin_stop(app, "unloaded")
-            elif rival := self._first_rival_waiting(app):
+            elif rival := admission.first_rival_waiting(app, self._queue):
                 self._begin_stop(app, f"conflict with {rival.name}")
 
         for index, waiter in enumerate(self._queue):
@@ -248,30 +233,13 @@ class Supervisor:
         """True if a request that arrived at `arrived` may use `app` now."""
         if app.state is not State.READY or app.stop_requested or self._shutting_down:
             return False
-        # Overtaken too long: a conflicting request that arrived earlier and
-        # has waited SWAP_GRACE while this app was ready. Time spent while
-        # the app was loading does not count, or a load slower than the
-        # grace would send each side's requests behind the other's forever.
         now = trio.current_time()
-        return not any(
-            w.app.conflicts_with(app)
-            and w.since < arrived
-            and now - max(w.since, app.ready_since) > SWAP_GRACE
-            for w in self._queue
-        )
+        return not admission.overtaken_too_long(app, arrived, self._queue, now)
 
     def _may_start(self, app: OnDemandApp, position: int) -> bool:
         if self._shutting_down:
             return False
-        if any(o.is_active() and o.conflicts_with(app) for o in self.apps.values()):
-            return False
-        return not any(w.app.conflicts_with(app) for w in self._queue[:position])
-
-    def _first_rival_waiting(self, app: OnDemandApp) -> OnDemandApp | None:
-        for waiter in self._queue:
-            if waiter.app.conflicts_with(app):
-                return waiter.app
-        return None
+        return admission.may_start(app, position, self.apps.values(), self._queue)
 
     # -- transitions ----------------------------------------------------
 
