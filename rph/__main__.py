@@ -25,6 +25,7 @@ from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
 from rph.portcheck import port_problems
 from rph.proc.leftovers import AlreadyRunning, Ledger
+from rph.proc.lifetime import kill_every_tree
 from rph.proc.supervisor import Supervisor
 from rph.redact import mask_cmdline
 
@@ -156,7 +157,7 @@ async def run(config: Config) -> int:
                     continue
                 log.warning("killing every process tree now")
                 for supervisor in supervisors:
-                    supervisor.kill_now()
+                    kill_every_tree(supervisor)
                 os._exit(EXIT_KILLED)
 
     async with trio.open_nursery() as nursery:

@@ -15,7 +15,8 @@ from rph.config import Config
 from rph.net.listener import serve_port
 from rph.net.router import PortRouter
 from rph.proc.leftovers import Ledger
-from rph.proc.supervisor import Supervisor, open_supervisor
+from rph.proc.lifetime import open_supervisor
+from rph.proc.supervisor import Supervisor
 
 log = logging.getLogger("rph")
 

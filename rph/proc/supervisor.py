@@ -31,7 +31,7 @@ import trio
 from rph.config import Config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
-from rph.proc import admission, platform
+from rph.proc import admission
 from rph.proc.admission import Waiter
 from rph.proc.changes import Changes
 from rph.proc.child import Child
@@ -329,22 +329,11 @@ class Supervisor:
         self._begin_stop(app, "crashed")
         self._reconcile()
 
-    async def watch_idle(self, app: OnDemandApp) -> None:
-        """Stop `app` `timeout` after its last request; never returns."""
-        if app.config.timeout is None:
-            await trio.sleep_forever()  # never idle-stopped: nothing to watch
-        while True:
-            deadline = app.idle_deadline()
-            if deadline is None:
-                await self.changes.wait()
-                continue
-            # Asleep until the deadline, not woken by every request's end:
-            # a later request moves the deadline, which is seen on waking.
-            await trio.sleep_until(deadline)
-            if app.idle_deadline() == deadline:
-                minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
-                self._begin_stop(app, f"idle for {minutes:g} min")
-                self._reconcile()
+    def stop_idle(self, app: OnDemandApp) -> None:
+        """Stop `app`, idle for its whole `timeout`, and decide again."""
+        minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
+        self._begin_stop(app, f"idle for {minutes:g} min")
+        self._reconcile()
 
     # -- shutdown and status ---------------------------------------------
 
@@ -366,50 +355,5 @@ class Supervisor:
         apps_stopped = all(a.state is State.STOPPED for a in self.apps.values())
         return apps_stopped and self._pausables_hold_nothing()
 
-    def kill_now(self) -> None:
-        """The second Ctrl-C: kill every tree at once, waiting for nothing."""
-        children = [app.child for app in self.apps.values()]
-        children += [p.child for p in self.pausables]
-        for child in children:
-            if child is not None:
-                platform.kill_group(child.pid)
-                platform.kill_all(platform.tree_members(child.pid, child.create_time))
-
     def status(self) -> dict[str, Any]:
         return describe(self)
-
-
-@asynccontextmanager
-async def open_supervisor(
-    config: Config, ledger: Ledger | None = None
-) -> AsyncIterator[Supervisor]:
-    """Run a supervisor for `config`; on exit every tree is stopped.
-
-    Its tasks run shielded from the caller's cancellation: a Ctrl-C that
-    cancels the listeners must not also cancel the tasks that stop the
-    trees, or children would outlive RPH.
-    """
-    async with trio.open_nursery() as nursery:
-        supervisor: Supervisor = await nursery.start(_run_supervisor, config, ledger)
-        try:
-            yield supervisor
-        finally:
-            with trio.CancelScope(shield=True):
-                await supervisor.shutdown()
-
-
-async def _run_supervisor(
-    config: Config,
-    ledger: Ledger | None,
-    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(config, ledger, nursery)
-            for pausable in supervisor.pausables:
-                nursery.start_soon(pausable.run, supervisor)
-            for app in supervisor.apps.values():
-                nursery.start_soon(supervisor.watch_idle, app)
-            task_status.started(supervisor)
-            await supervisor.closed.wait()
-            nursery.cancel_scope.cancel()
