@@ -32,6 +32,7 @@ from support import (
 )
 
 from rph.net import http as rph_http
+from rph.net import pump
 
 Headers = Sequence[tuple[str, str]]
 
@@ -70,6 +71,31 @@ def completion(model: str = "", **fields: object) -> bytes:
 
 
 # -- keep-alive and pipelining ----------------------------------------------
+
+
+async def test_more_streams_than_relay_threads_all_arrive_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One thread relays one stream; the other two go on in their tasks.
+    monkeypatch.setattr(pump, "MAX_THREADS", 1)
+    tokens = 20
+    responses: list[Response] = []
+
+    async def stream(port: int) -> None:
+        body = completion(stream=True, max_tokens=tokens)
+        responses.append(await request(port, "POST", "/v1/completions", body))
+
+    async with running_rph([app()]) as rph:
+        await rph.supervisor.preload("llm")
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(stream, rph.port)
+
+    for response in responses:
+        assert response.status == 200
+        events = response.body.split(b"\n\n")
+        assert events[-2:] == [b"data: [DONE]", b""]
+        assert len(events) == tokens + 3  # the tokens, the finish, [DONE], ""
 
 
 async def test_one_connection_reaches_two_apps_in_turn() -> None:

@@ -21,7 +21,14 @@ import orjson
 import psutil
 import pytest
 import trio
-from support import free_port, python_program, request, standin
+from support import (
+    connect,
+    free_port,
+    python_program,
+    read_until_eof,
+    request,
+    standin,
+)
 
 from rph.proc.changes import Changes
 
@@ -177,3 +184,28 @@ async def test_a_second_ctrl_c_kills_a_slow_tree_at_once(tmp_path: Path) -> None
             psutil.wait_procs, alive(tree), KILL_NOTICED
         )
         assert not alive(survivors)
+
+
+@pytest.mark.timeout(30)
+async def test_a_stop_signal_mid_stream_ends_the_stream_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    async with rph_process(tmp_path, stand_in_entry(tmp_path)) as rph:
+        tree = await start_backend(rph)
+        sock = await connect(rph.port)
+        async with sock:
+            body = b'{"prompt": "hi", "max_tokens": 100000, "stream": true}'
+            head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            length = b"Content-Length: %d\r\n\r\n" % len(body)
+            await sock.send_all(head + length + body)
+            # Two reads: the second piece of a stream is relayed by a thread.
+            received = await sock.receive_some(65536)
+            while received.count(b"data: ") < 3:
+                received += await sock.receive_some(65536)
+
+            rph.process.send_signal(signal.SIGTERM)
+
+            assert await wait_exit(rph) == 0, rph.log_text()
+            rest = await read_until_eof(sock)
+        assert not (received + rest).endswith(b"0\r\n\r\n")  # cut, not ended
+        assert not alive(tree)

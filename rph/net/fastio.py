@@ -23,7 +23,7 @@ import socket
 import trio
 
 # Calls in a row that did not have to wait before one yields anyway: at
-# 256 KiB a read, a few MiB of a large download between two yields.
+# 64 KiB a read, a MiB of a large download between two yields.
 YIELD_EVERY = 16
 
 # Linux moves bytes from socket to socket through a pipe without copying

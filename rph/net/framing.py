@@ -198,3 +198,40 @@ class ChunkedTracker:
             self._state = _Chunk.SIZE
             return False
         return empty  # a trailer line, or the blank line that ends the body
+
+
+class BodyEnd:
+    """Where a response body ends, followed piece by piece as it passes.
+
+    The relay asks the same of every piece, in its task or in a thread
+    (net/pump): how much of it is body, and whether the body ended there.
+    """
+
+    def __init__(self, head: ResponseHead) -> None:
+        self.framing = head.framing
+        self.remaining = head.length  # what is left of a Content-Length body
+        self._chunks = ChunkedTracker() if head.framing is Framing.CHUNKED else None
+
+    def cut(self, data: bytes) -> tuple[bytes, bool, bool]:
+        """The body's part of `data`, whether the body ended in it, and
+        whether it ended cleanly (nothing followed the end).
+
+        Raises ValueError on framing that is not chunked encoding.
+        """
+        if self.framing is Framing.LENGTH:
+            if len(data) < self.remaining:
+                self.remaining -= len(data)
+                return data, False, False
+            clean = len(data) == self.remaining
+            data, self.remaining = data[: self.remaining], 0
+            return data, True, clean
+        if self._chunks is not None:
+            end = self._chunks.feed(data)
+            if end >= 0:
+                return data[:end], True, end == len(data)
+        return data, False, False
+
+    @property
+    def ends_at_close(self) -> bool:
+        """Whether the backend closing is the body's proper end."""
+        return self.framing is Framing.CLOSE

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import trio
 
 from rph.errors import BackendFailed
-from rph.net import fastio
+from rph.net import fastio, pump
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.framing import (
     RESPONSE_HEAD_LIMIT,
-    ChunkedTracker,
+    BodyEnd,
     Framing,
     ResponseHead,
     find_head_end,
@@ -31,9 +31,10 @@ from rph.net.framing import (
 from rph.net.http import Request
 from rph.net.upstream import BROKEN, Upstream, UpstreamClosed
 
-# One read from the backend; a streamed token is far smaller, a download
-# moves in pieces this size.
-RELAY_READ = 256 * 1024
+# One read from the backend; a streamed token is far smaller. Kept below
+# the allocator's threshold for a mapping of its own (128 KiB), as the
+# client's reads are (net/client); a large download moves by splice.
+RELAY_READ = 64 * 1024
 
 # A body with this much left to relay goes from socket to socket inside the
 # kernel where it can (Linux): a large download is not copied through RPH.
@@ -140,36 +141,22 @@ async def _relay_body(
     Returns whether the body ended as framed, and whether nothing came
     after that end (else the connection holds bytes that answer nothing).
     """
-    framing = head.framing
     data = bytes(upstream.buffer)
     upstream.buffer.clear()
-    if framing is Framing.NONE:
+    if head.framing is Framing.NONE:
         outcome.head_sent = True
         await _to_client(conn, raw_head)
         return True, not data
 
-    remaining = head.length
-    chunks = ChunkedTracker() if framing is Framing.CHUNKED else None
+    body = BodyEnd(head)
     first = True
     while True:
-        ended = clean = False
-        if framing is Framing.LENGTH:
-            if len(data) >= remaining:
-                ended, clean = True, len(data) == remaining
-                if not clean:
-                    data = data[:remaining]
-            remaining -= len(data)
-        elif chunks is not None:
-            try:
-                end = chunks.feed(data)
-            except ValueError:
-                if first:
-                    message = "the backend sent a broken chunked body"
-                    raise BackendFailed(message) from None
-                return False, False  # the client sees the body cut short
-            if end >= 0:
-                ended, clean = True, end == len(data)
-                data = data[:end]
+        try:
+            data, ended, clean = body.cut(data)
+        except ValueError:
+            if first:
+                raise BackendFailed("the backend sent a broken chunked body") from None
+            return False, False  # the client sees the body cut short
 
         if first:
             outcome.head_sent = True
@@ -180,17 +167,33 @@ async def _relay_body(
         outcome.bytes_down += len(data)
         if ended:
             return True, clean
-        if framing is Framing.LENGTH and remaining >= SPLICE_FROM:
-            moved = await _splice_to_client(conn, upstream, remaining)
+
+        if body.framing is Framing.LENGTH and body.remaining >= SPLICE_FROM:
+            moved = await _splice_to_client(conn, upstream, body.remaining)
             outcome.bytes_down += moved
-            return moved == remaining, True
+            return moved == body.remaining, True
+        if pump.has_room():
+            return await _pump_to_client(conn, upstream, body, outcome)
 
         try:
             data = await upstream.fast.receive(RELAY_READ)
         except BROKEN:
             return False, False
         if not data:
-            return framing is Framing.CLOSE, True
+            return body.ends_at_close, True
+
+
+async def _pump_to_client(
+    conn: ClientConnection, upstream: Upstream, body: BodyEnd, outcome: Outcome
+) -> tuple[bool, bool]:
+    try:
+        moved, ended, clean = await pump.relay_rest(
+            upstream.fast.raw, conn.fast.raw, body
+        )
+    except fastio.SinkBroken:
+        raise ClientAborted from None
+    outcome.bytes_down += moved
+    return ended, clean
 
 
 async def _splice_to_client(
