@@ -6,11 +6,10 @@ goes through the run loop on its way in and again on its way back to sleep,
 and the client that RPH's write woke often waits on the same CPU until RPH
 sleeps. A thread waiting on the backend's socket wakes straight into its
 read, writes, and is asleep again at once: on a 2-core machine that takes
-about two thirds off what RPH adds to each streamed event (see
-benchmarks/).
+about half off what RPH adds to each streamed event (see benchmarks/).
 
-The relay hands a body over once its first piece has gone out and more is
-to come. Each body holds one thread of a bounded pool; when none is free
+The relay hands a body over once its first piece of body has gone out and
+more is to come. Each body holds one thread of a bounded pool; when none is free
 the relay goes on in its task, as it does for everything that ends in one
 piece. Cancelling the caller (the client left, RPH stops) wakes the thread
 through a socket pair, and the caller returns only once the thread has
@@ -27,8 +26,11 @@ import trio
 from rph.net.fastio import SinkBroken
 from rph.net.framing import BodyEnd
 
-# Bodies relayed by threads at once; the ones beyond wait in their tasks.
-# A thread is cheap while it waits, and a desktop runs a few streams.
+# Bodies relayed by threads at once; the ones beyond go on in their tasks.
+# Each thread needs the interpreter for every token it passes on: with
+# many, they slow the run loop that answers new requests (64 streams
+# started at once got their first token twice as late with 8 threads).
+# A desktop mostly streams one answer at a time.
 MAX_THREADS = 2
 
 # One read from the backend. Below the allocator's threshold for a mapping

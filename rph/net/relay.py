@@ -172,7 +172,9 @@ async def _relay_body(
             moved = await _splice_to_client(conn, upstream, body.remaining)
             outcome.bytes_down += moved
             return moved == body.remaining, True
-        if pump.has_room():
+        # A backend often writes its head apart from the first token: that
+        # token goes out from here, without waiting for a thread to start.
+        if outcome.bytes_down and pump.has_room():
             return await _pump_to_client(conn, upstream, body, outcome)
 
         try:
