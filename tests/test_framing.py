@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from rph.errors import BackendFailed
 from rph.net.framing import (
+    BodyEnd,
     ChunkedTracker,
     Framing,
     find_head_end,
@@ -224,3 +225,54 @@ def test_head_end_is_found_reading_piece_by_piece(
             assert end == len(head)
             return
     pytest.fail("the end of the head was never found")
+
+
+def body_end(head: bytes) -> BodyEnd:
+    return BodyEnd(parse_response_head(head, b"GET"))
+
+
+LENGTH_5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+UNTIL_CLOSE = b"HTTP/1.0 200 OK\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "pieces", "expected"),
+    [
+        # Each piece: what of it is body, whether the body ended, cleanly.
+        (LENGTH_5, [b"he", b"llo"], [(b"he", False, False), (b"llo", True, True)]),
+        (LENGTH_5, [b"hello"], [(b"hello", True, True)]),
+        (LENGTH_5, [b"helloJUNK"], [(b"hello", True, False)]),
+        (
+            CHUNKED,
+            [b"2\r\nhi\r\n", b"0\r\n\r\nJUNK"],
+            [(b"2\r\nhi\r\n", False, False), (b"0\r\n\r\n", True, False)],
+        ),
+        (CHUNKED, [b"2\r\nhi\r\n0\r\n\r\n"], [(b"2\r\nhi\r\n0\r\n\r\n", True, True)]),
+        (
+            UNTIL_CLOSE,
+            [b"0\r\n\r\n", b"more"],
+            [(b"0\r\n\r\n", False, False), (b"more", False, False)],
+        ),
+    ],
+    ids=[
+        "length",
+        "length whole",
+        "length and more",
+        "chunked and more",
+        "chunked whole",
+        "until close",
+    ],
+)
+def test_body_end_cuts_each_piece_where_the_body_ends(
+    head: bytes, pieces: list[bytes], expected: list[tuple[bytes, bool, bool]]
+) -> None:
+    body = body_end(head)
+    assert [body.cut(piece) for piece in pieces] == expected
+    assert body.is_stream == (head != LENGTH_5)
+    assert body.ends_at_close == (head == UNTIL_CLOSE)
+
+
+def test_body_end_refuses_a_broken_chunked_body() -> None:
+    with pytest.raises(ValueError, match="bad chunk size"):
+        body_end(CHUNKED).cut(b"zz\r\nhi\r\n")

@@ -32,6 +32,7 @@ from support import (
 )
 
 from rph.config import AppConfig
+from rph.net import pump
 from rph.proc.ondemand import State
 
 LONG = 10_000  # tokens: a generation that would outlast every test
@@ -174,6 +175,45 @@ async def test_client_leaving_mid_body_sends_nothing_to_a_running_app() -> None:
         assert (await backend_stats(llm))["requests"] == 1  # this one
 
 
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_client_leaving_a_silent_stream_closes_the_backend_connection(
+    how: str,
+) -> None:
+    # The stream has begun, then the backend says nothing for a long while:
+    # only RPH's own reaction can tell it the client left. The backend
+    # reports on a socket of the test's own what it saw.
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    report_port = listener.getsockname()[1]
+    started = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    script = f"""
+        conn.sendall({started!r})
+        conn.settimeout(60)
+        try:
+            seen = b"bytes" if conn.recv(1) else b"closed"
+        except OSError:
+            seen = b"closed"
+        socket.create_connection(("127.0.0.1", {report_port})).sendall(seen)
+    """
+    async with running_rph([scripted_app("llm", script)]) as rph:
+        sock = await connect(rph.port)
+        await sock.send_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while not received.endswith(b"hello\r\n"):
+            received += await sock.receive_some(65536)
+        if how == "reset":
+            linger = struct.pack("ii", 1, 0)
+            sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        await sock.aclose()
+
+        with trio.fail_after(5):
+            report, _ = await listener.accept()
+        with report, trio.fail_after(5):
+            assert await report.recv(16) == b"closed"
+    listener.close()
+
+
 # -- backends that fail ------------------------------------------------------
 
 AMBIGUOUS = (
@@ -255,7 +295,11 @@ async def test_backend_silent_for_seconds_then_answering_is_waited_for() -> None
         "closed after the response",
     ],
 )
-async def test_backend_connection_unfit_for_reuse_is_replaced(script: str) -> None:
+@pytest.mark.parametrize("threads", [0, 2], ids=["task relays", "thread relays"])
+async def test_backend_connection_unfit_for_reuse_is_replaced(
+    script: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pump, "MAX_THREADS", threads)
     # One parser for the three answers, as a client keeps: a byte too many
     # would be read as the start of the next one.
     client = h11.Connection(h11.CLIENT)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import h11
 import orjson
@@ -73,29 +74,43 @@ def completion(model: str = "", **fields: object) -> bytes:
 # -- keep-alive and pipelining ----------------------------------------------
 
 
-async def test_more_streams_than_relay_threads_all_arrive_whole(
+async def test_a_stream_with_no_relay_thread_free_arrives_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # One thread relays one stream; the other two go on in their tasks.
+    # One relay thread, held by a long stream; a second stream meanwhile is
+    # relayed by its own task, and its client cannot tell.
     monkeypatch.setattr(pump, "MAX_THREADS", 1)
+    threads_used = 0
+    thread_took_one = trio.Event()
+    pump_in_a_thread = pump._pump
+
+    def counting_pump(*args: Any) -> tuple[bool, bool]:
+        nonlocal threads_used
+        threads_used += 1
+        trio.from_thread.run_sync(thread_took_one.set)
+        return pump_in_a_thread(*args)
+
+    monkeypatch.setattr(pump, "_pump", counting_pump)
     tokens = 20
-    responses: list[Response] = []
-
-    async def stream(port: int) -> None:
-        body = completion(stream=True, max_tokens=tokens)
-        responses.append(await request(port, "POST", "/v1/completions", body))
-
     async with running_rph([app()]) as rph:
         await rph.supervisor.preload("llm")
-        async with trio.open_nursery() as nursery:
-            for _ in range(3):
-                nursery.start_soon(stream, rph.port)
+        long_stream = await connect(rph.port)
+        async with long_stream:
+            body = completion(stream=True, max_tokens=100_000)
+            head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+            length = b"Content-Length: %d\r\n\r\n" % len(body)
+            await long_stream.send_all(head + length + body)
+            with trio.fail_after(5):
+                await thread_took_one.wait()
 
-    for response in responses:
-        assert response.status == 200
-        events = response.body.split(b"\n\n")
-        assert events[-2:] == [b"data: [DONE]", b""]
-        assert len(events) == tokens + 3  # the tokens, the finish, [DONE], ""
+            body = completion(stream=True, max_tokens=tokens)
+            response = await request(rph.port, "POST", "/v1/completions", body)
+
+            assert threads_used == 1
+    assert response.status == 200
+    events = response.body.split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    assert len(events) == tokens + 3  # the tokens, the finish, [DONE], ""
 
 
 async def test_one_connection_reaches_two_apps_in_turn() -> None:

@@ -22,6 +22,11 @@ import socket
 
 import trio
 
+# One read from a backend; a streamed token is far smaller. Kept below the
+# allocator's threshold for a mapping of its own (128 KiB): a read that
+# size costs one system call, not four. A large download moves by splice.
+BACKEND_READ = 64 * 1024
+
 # Calls in a row that did not have to wait before one yields anyway: at
 # 64 KiB a read, a MiB of a large download between two yields.
 YIELD_EVERY = 16

@@ -205,18 +205,26 @@ class BodyEnd:
 
     The relay asks the same of every piece, in its task or in a thread
     (net/pump): how much of it is body, and whether the body ended there.
+    Whoever passes a piece on counts it in `relayed`.
     """
 
     def __init__(self, head: ResponseHead) -> None:
         self.framing = head.framing
         self.remaining = head.length  # what is left of a Content-Length body
+        self.relayed = 0  # bytes of body the client was sent
         self._chunks = ChunkedTracker() if head.framing is Framing.CHUNKED else None
 
-    def cut(self, data: bytes) -> tuple[bytes, bool, bool]:
-        """The body's part of `data`, whether the body ended in it, and
-        whether it ended cleanly (nothing followed the end).
+    def __repr__(self) -> str:
+        return (
+            f"<BodyEnd {self.framing.name} remaining={self.remaining}"
+            f" relayed={self.relayed}>"
+        )
 
-        Raises ValueError on framing that is not chunked encoding.
+    def cut(self, data: bytes) -> tuple[bytes, bool, bool]:
+        """The body's part of `data`; whether the body ended in it; whether
+        nothing followed that end.
+
+        Raises ValueError on a chunked body that breaks chunked encoding.
         """
         if self.framing is Framing.LENGTH:
             if len(data) < self.remaining:
@@ -230,6 +238,11 @@ class BodyEnd:
             if end >= 0:
                 return data[:end], True, end == len(data)
         return data, False, False
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether the body's length is unknown until it ends (a stream)."""
+        return self.framing in (Framing.CHUNKED, Framing.CLOSE)
 
     @property
     def ends_at_close(self) -> bool:

@@ -31,11 +31,6 @@ from rph.net.framing import (
 from rph.net.http import Request
 from rph.net.upstream import BROKEN, Upstream, UpstreamClosed
 
-# One read from the backend; a streamed token is far smaller. Kept below
-# the allocator's threshold for a mapping of its own (128 KiB), as the
-# client's reads are (net/client); a large download moves by splice.
-RELAY_READ = 64 * 1024
-
 # A body with this much left to relay goes from socket to socket inside the
 # kernel where it can (Linux): a large download is not copied through RPH.
 SPLICE_FROM = 1024 * 1024 if fastio.CAN_SPLICE else float("inf")
@@ -113,7 +108,7 @@ async def _read_head(upstream: Upstream, method: bytes) -> ResponseHead:
             raise BackendFailed("the backend's response head is too large")
         searched = max(0, len(buffer) - 3)
         try:
-            data = await upstream.fast.receive(RELAY_READ)
+            data = await upstream.fast.receive(fastio.BACKEND_READ)
         except BROKEN as exc:
             if buffer:
                 raise BackendFailed(
@@ -149,6 +144,21 @@ async def _relay_body(
         return True, not data
 
     body = BodyEnd(head)
+    try:
+        return await _relay_pieces(conn, upstream, body, raw_head, data, outcome)
+    finally:
+        outcome.bytes_down = body.relayed  # for the log, however it ended
+
+
+async def _relay_pieces(
+    conn: ClientConnection,
+    upstream: Upstream,
+    body: BodyEnd,
+    raw_head: bytes,
+    data: bytes,
+    outcome: Outcome,
+) -> tuple[bool, bool]:
+    """Relay `raw_head` with `data`, the body read with it, then the rest."""
     first = True
     while True:
         try:
@@ -164,21 +174,21 @@ async def _relay_body(
             first = False
         elif data:
             await _to_client(conn, data)
-        outcome.bytes_down += len(data)
+        body.relayed += len(data)
         if ended:
             return True, clean
 
         if body.framing is Framing.LENGTH and body.remaining >= SPLICE_FROM:
             moved = await _splice_to_client(conn, upstream, body.remaining)
-            outcome.bytes_down += moved
+            body.relayed += moved
             return moved == body.remaining, True
         # A backend often writes its head apart from the first token: that
         # token goes out from here, without waiting for a thread to start.
-        if outcome.bytes_down and pump.has_room():
-            return await _pump_to_client(conn, upstream, body, outcome)
+        if body.is_stream and body.relayed and pump.has_room():
+            return await _pump_to_client(conn, upstream, body)
 
         try:
-            data = await upstream.fast.receive(RELAY_READ)
+            data = await upstream.fast.receive(fastio.BACKEND_READ)
         except BROKEN:
             return False, False
         if not data:
@@ -186,16 +196,12 @@ async def _relay_body(
 
 
 async def _pump_to_client(
-    conn: ClientConnection, upstream: Upstream, body: BodyEnd, outcome: Outcome
+    conn: ClientConnection, upstream: Upstream, body: BodyEnd
 ) -> tuple[bool, bool]:
     try:
-        moved, ended, clean = await pump.relay_rest(
-            upstream.fast.raw, conn.fast.raw, body
-        )
+        return await pump.relay_rest(upstream.fast.raw, conn.fast.raw, body)
     except fastio.SinkBroken:
         raise ClientAborted from None
-    outcome.bytes_down += moved
-    return ended, clean
 
 
 async def _splice_to_client(
@@ -240,7 +246,7 @@ async def tunnel(conn: ClientConnection, upstream: Upstream) -> None:
             try:
                 if first:
                     await conn.stream.send_all(first)
-                while data := await upstream.stream.receive_some(RELAY_READ):
+                while data := await upstream.stream.receive_some(fastio.BACKEND_READ):
                     await conn.stream.send_all(data)
                 await conn.stream.send_eof()
             except BROKEN:
