@@ -23,6 +23,7 @@ from rph import __version__, status_command
 from rph.config import Config, ConfigError, find_config_file, load_config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
+from rph.hosts import bracketed
 from rph.portcheck import port_problems
 from rph.proc.leftovers import AlreadyRunning, Ledger
 from rph.proc.lifetime import kill_every_tree
@@ -178,8 +179,7 @@ def summary(config: Config) -> str:
         f" {len(config.pausables)} pausable(s)"
     ]
     for app in config.apps:
-        host = f"[{app.host}]" if ":" in app.host else app.host
-        route = f"http://{host}:{app.port}{app.path}"
+        route = f"http://{bracketed(app.host)}:{app.port}{app.path}"
         if app.body_regex is not None:
             route += f" when the body matches {app.body_regex!r}"
         facts = ["never idle-stopped"]

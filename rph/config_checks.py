@@ -16,7 +16,6 @@ cannot serve on it at once).
 """
 
 import difflib
-import ipaddress
 import itertools
 import os
 import shutil
@@ -25,12 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rph import hosts
 from rph.config_keys import DEFAULT_HOST, KINDS, Invalid, quote, show
-
-# Listening on these takes every address of the machine, loopback included.
-_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
-# The names a user writes for this machine; "localhost" resolves to either.
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass
@@ -287,7 +282,7 @@ def _check_ports(entries: list[Entry], report: _Report) -> None:
             continue
         endpoint = app.values["endpoint"]
         listener = listeners.get(endpoint.port)
-        if listener and _reaches(endpoint.host, listener.values["host"]):
+        if listener and hosts.reaches(endpoint.host, listener.values["host"]):
             report.key(
                 app,
                 "endpoint",
@@ -308,7 +303,7 @@ def _link_conflicts(entries: list[Entry]) -> None:
     for one, two in itertools.combinations(apps, 2):
         if one.has("endpoint") and two.has("endpoint"):
             a, b = one.values["endpoint"], two.values["endpoint"]
-            if a.port == b.port and _address(a.host) == _address(b.host):
+            if a.port == b.port and hosts.same_address(a.host, b.host):
                 pairs.add(frozenset((one.values["name"], two.values["name"])))
     for app in apps:
         name = app.values["name"]
@@ -317,21 +312,6 @@ def _link_conflicts(entries: list[Entry]) -> None:
             for other in apps
             if other is not app and frozenset((name, other.values["name"])) in pairs
         )
-
-
-def _reaches(host: str, listening: str) -> bool:
-    """Whether connecting to `host` can reach a socket bound to `listening`."""
-    bound = _address(listening)
-    return bound in _WILDCARD_HOSTS or _address(host) == bound
-
-
-def _address(host: str) -> str:
-    """One spelling per address: "localhost", "127.0.0.1" and "::1" are one."""
-    try:
-        text = str(ipaddress.ip_address(host))
-    except ValueError:
-        text = host.lower()
-    return "localhost" if text in _LOOPBACK else text
 
 
 def _place(

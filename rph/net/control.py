@@ -11,7 +11,6 @@ as same-site).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +18,7 @@ import orjson
 
 from rph import statustext
 from rph.errors import BadRequest, Forbidden, MethodNotAllowed, NoRoute
+from rph.hosts import is_loopback_name
 from rph.net.http import Request
 from rph.proc.supervisor import Supervisor
 
@@ -121,12 +121,3 @@ def _hostname(value: str, url: bool = False) -> str:
         return (urlsplit(value if url else "//" + value).hostname or "").lower()
     except ValueError:
         raise Forbidden(f"control endpoints refuse the host {value!r}") from None
-
-
-def is_loopback_name(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -10,8 +10,8 @@ import logging
 
 import trio
 
+from rph.hosts import bracketed, is_loopback_name
 from rph.net.client import ClientConnection
-from rph.net.control import is_loopback_name
 from rph.net.exchange import Exchange
 from rph.net.pool import UpstreamPool
 from rph.net.router import PortRouter
@@ -33,7 +33,7 @@ async def serve_port(
     bound = listeners[0].socket.getsockname()[1]
     loopback = is_loopback_name(host)
     names = ", ".join(app.name for app in router.apps)
-    log.info("listening on http://%s:%d for %s", _shown(host), bound, names)
+    log.info("listening on http://%s:%d for %s", bracketed(host), bound, names)
     task_status.started(bound)
     pool = UpstreamPool()
 
@@ -62,7 +62,3 @@ def _peer_of(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return str(address[0])
-
-
-def _shown(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import trio
 
+from rph.hosts import bracketed
+
 # The design's budget is 50 ms from ready to noticed; polling at 20 ms
 # leaves room for the health request and the first forward.
 POLL_INTERVAL = 0.02
@@ -53,7 +55,7 @@ async def resolve(host: str, port: int) -> list[Endpoint]:
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    host_header = f"{bracketed(host)}:{port}"
     return [
         Endpoint(family, addr, host_header)  # type: ignore[arg-type]
         for family, _, _, _, addr in infos
