@@ -27,8 +27,9 @@ import trio
 # size costs one system call, not four. A large download moves by splice.
 BACKEND_READ = 64 * 1024
 
-# Calls in a row that did not have to wait before one yields anyway: at
-# 64 KiB a read, a MiB of a large download between two yields.
+# Calls in a row that did not have to wait before one yields anyway: a MiB
+# or a few between two yields (reads are 64 KiB from a backend, 256 KiB
+# from a client).
 YIELD_EVERY = 16
 
 # Linux moves bytes from socket to socket through a pipe without copying
