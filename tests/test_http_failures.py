@@ -32,8 +32,11 @@ from support import (
 )
 
 from rph.config import AppConfig
-from rph.net import pump
+from rph.net import lane, pump
 from rph.proc.ondemand import State
+
+# Every case holds whether a lane or the connection's task answers it.
+pytestmark = pytest.mark.usefixtures("answered_by")
 
 LONG = 10_000  # tokens: a generation that would outlast every test
 POLL = 0.01  # seconds between looks at the stand-in's counters
@@ -295,10 +298,15 @@ async def test_backend_silent_for_seconds_then_answering_is_waited_for() -> None
         "closed after the response",
     ],
 )
-@pytest.mark.parametrize("threads", [0, 2], ids=["task relays", "thread relays"])
+@pytest.mark.parametrize(
+    ("lanes", "threads"),
+    [(64, 0), (0, 0), (0, 2)],
+    ids=["lane relays", "task relays", "pump thread relays"],
+)
 async def test_backend_connection_unfit_for_reuse_is_replaced(
-    script: str, threads: int, monkeypatch: pytest.MonkeyPatch
+    script: str, lanes: int, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(lane, "LANE_THREADS", lanes)
     monkeypatch.setattr(pump, "MAX_THREADS", threads)
     # One parser for the three answers, as a client keeps: a byte too many
     # would be read as the start of the next one.

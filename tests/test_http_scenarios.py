@@ -33,7 +33,10 @@ from support import (
 )
 
 from rph.net import http as rph_http
-from rph.net import pump
+from rph.net import lane, pump
+
+# Every case holds whether a lane or the connection's task answers it.
+pytestmark = pytest.mark.usefixtures("answered_by")
 
 Headers = Sequence[tuple[str, str]]
 
@@ -78,7 +81,9 @@ async def test_a_stream_with_no_relay_thread_free_arrives_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # One relay thread, held by a long stream; a second stream meanwhile is
-    # relayed by its own task, and its client cannot tell.
+    # relayed by its own task, and its client cannot tell. (Connections
+    # answered by their tasks, not lanes, relay streams through the pump.)
+    monkeypatch.setattr(lane, "LANE_THREADS", 0)
     monkeypatch.setattr(pump, "MAX_THREADS", 1)
     threads_used = 0
     thread_took_one = trio.Event()

@@ -21,6 +21,9 @@ from rph.errors import HeadTooLarge
 from rph.net import http as rph_http
 from rph.net.client import ClientConnection
 
+# Every case holds whether a lane or the connection's task answers it.
+pytestmark = pytest.mark.usefixtures("answered_by")
+
 HOST = b"Host: 127.0.0.1\r\n"
 CLOSE = b"Connection: close\r\n"
 MAX_BODY = 1000  # the app's max_body in every case

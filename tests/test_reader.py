@@ -18,6 +18,9 @@ from support import app, connect, exchange, running_rph
 from rph.net.client import ClientConnection
 from rph.net.http import CONTINUE, read_request
 
+# Every case holds whether a lane or the connection's task answers it.
+pytestmark = pytest.mark.usefixtures("answered_by")
+
 SIZES = (1, 64 * 1024, 3 * 1024 * 1024 + 7)
 
 

@@ -17,10 +17,12 @@ import logging
 import trio
 
 from rph.errors import BodyTooLarge, RPHError
-from rph.net import control
+from rph.net import control, lane
+from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.heads import error_response, forward_head, json_response
 from rph.net.http import Request, read_request
+from rph.net.lane import Lane, StopSocket
 from rph.net.pool import UpstreamPool
 from rph.net.relay import ClientAborted, Outcome, relay_response, tunnel
 from rph.net.router import PortRouter, Route
@@ -42,6 +44,7 @@ class Exchange:
         supervisor: Supervisor,
         loopback_listener: bool,
         pool: UpstreamPool,
+        stop: StopSocket | None = None,
     ) -> None:
         self.conn = conn
         self.router = router
@@ -49,20 +52,41 @@ class Exchange:
         self.loopback_listener = loopback_listener
         self.pool = pool
         self.upstream: Upstream | None = None
+        # Without a stop socket, every request is answered by this task.
+        self.lane = Lane(conn, router, supervisor, pool, stop) if stop else None
 
     async def serve(self) -> None:
         """Answer requests until either side ends the connection, then close."""
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.conn.read_continuously)
-                while await self._answer_one():
-                    pass
-                nursery.cancel_scope.cancel()
+            goes_on = True
+            while goes_on:
+                if self.lane is not None and lane.has_room():
+                    goes_on = await self._serve_in_lane(self.lane)
+                if goes_on:
+                    goes_on = await self._serve_here(just_one=self.lane is not None)
         finally:
             upstream, self.upstream = self.upstream, None
             if upstream is not None:
                 await self.pool.keep(upstream)
         await self.conn.aclose()
+
+    async def _serve_in_lane(self, lane: Lane) -> bool:
+        """Let the lane answer plain requests; True if one waits for this task."""
+        lane.upstream, self.upstream = self.upstream, None
+        try:
+            return await lane.run()
+        finally:
+            self.upstream, lane.upstream = lane.upstream, None
+
+    async def _serve_here(self, just_one: bool) -> bool:
+        """Answer requests in this task; True if the connection goes on."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.conn.read_continuously)
+            goes_on = await self._answer_one()
+            while goes_on and not just_one:
+                goes_on = await self._answer_one()
+            nursery.cancel_scope.cancel()
+        return goes_on
 
     async def _answer_one(self) -> bool:
         """Answer the next request; True if the connection goes on."""
@@ -89,7 +113,8 @@ class Exchange:
             outcome = await self._forward(request, route)
         except RPHError as error:
             return await self._refuse(request, error, close=False)
-        self._log(request, route, outcome)
+        now = trio.current_time()
+        log_exchange(self.conn.peer, request, route, outcome, self.conn.eof, now)
         return outcome is not None and outcome.client_keeps
 
     async def _forward(self, request: Request, route: Route) -> Outcome | None:
@@ -198,15 +223,7 @@ class Exchange:
     ) -> bool:
         """Answer `error`; True if the connection goes on."""
         keeps = not close and request is not None and request.keep_alive
-        log.log(
-            logging.WARNING if error.status >= 500 else logging.INFO,
-            "%s %s %s: %d %s",
-            self.conn.peer,
-            request.method.decode() if request else "-",
-            request.path if request else "-",
-            error.status,
-            error.message.splitlines()[0] if error.message else "",
-        )
+        log_refusal(self.conn.peer, request, error)
         head_only = request is not None and request.method == b"HEAD"
         await self._send(error_response(error, not keeps, head_only))
         return keeps
@@ -214,37 +231,3 @@ class Exchange:
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(ClientGone):
             await self.conn.send(data)
-
-    def _log(self, request: Request, route: Route, outcome: Outcome | None) -> None:
-        if not log.isEnabledFor(logging.DEBUG):
-            return
-        now = trio.current_time()
-        if outcome is None:
-            status = "aborted"
-        elif outcome.aborted:
-            # The client left, before any answer or in the middle of one.
-            status = f"{outcome.status or ''} aborted".lstrip()
-        elif self.conn.eof:
-            # EOF while the answer came: a client gone, or one that only
-            # half-closed; the backend was told and decided how to end.
-            status = f"{outcome.status} (client closed)"
-        else:
-            status = str(outcome.status)
-        sent = outcome.bytes_down if outcome else 0
-        ttfb = (
-            f"{outcome.first_byte_at - request.started:.3f}s"
-            if outcome and outcome.first_byte_at
-            else "-"
-        )
-        log.debug(
-            "%s %s %s -> %s %s up=%d down=%d ttfb=%s total=%.3fs",
-            self.conn.peer,
-            request.method.decode(),
-            request.path,
-            route.app.name,
-            status,
-            len(request.body),
-            sent,
-            ttfb,
-            now - request.started,
-        )

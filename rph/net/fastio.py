@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Generator
 
 import trio
 
@@ -143,6 +144,35 @@ async def splice(source: FastSocket, sink: FastSocket, length: int) -> int:
     Returns how many were moved: fewer if `source` ended or broke first.
     Raises SinkBroken if `sink` broke. Linux only (CAN_SPLICE).
     """
+    steps = splice_steps(source.raw, sink.raw, length)
+    try:
+        wait = next(steps)
+        while True:
+            if wait is WAIT_READABLE:
+                await trio.lowlevel.wait_readable(source.raw)
+            elif wait is WAIT_WRITABLE:
+                await trio.lowlevel.wait_writable(sink.raw)
+            else:
+                await source._yield_now_and_then()
+            wait = steps.send(None)
+    except StopIteration as done:
+        moved: int = done.value
+        return moved
+    finally:
+        steps.close()  # a cancelled wait leaves it unfinished: its pipe closes
+
+
+# What `splice_steps` waits for before its next step.
+WAIT_READABLE = "source readable"
+WAIT_WRITABLE = "sink writable"
+PIECE_MOVED = "a piece moved"
+
+
+def splice_steps(
+    source: socket.socket, sink: socket.socket, length: int
+) -> Generator[str, None, int]:
+    """`splice`'s work, for a task or a thread to drive: yields what it
+    waits for (or that a piece moved), returns how many bytes moved."""
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     pipe_out, pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -154,13 +184,13 @@ async def splice(source: FastSocket, sink: FastSocket, length: int) -> int:
         while moved < length:
             try:
                 piece = os.splice(
-                    source.raw.fileno(),
+                    source.fileno(),
                     pipe_in,
                     min(PIPE_SIZE, length - moved),
                     flags=flags,
                 )
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(source.raw)
+                yield WAIT_READABLE
                 continue
             except OSError:
                 break  # the source broke: the caller sees the body cut short
@@ -168,15 +198,15 @@ async def splice(source: FastSocket, sink: FastSocket, length: int) -> int:
                 break  # EOF
             while piece:
                 try:
-                    sent = os.splice(pipe_out, sink.raw.fileno(), piece, flags=flags)
+                    sent = os.splice(pipe_out, sink.fileno(), piece, flags=flags)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sink.raw)
+                    yield WAIT_WRITABLE
                     continue
                 except OSError as exc:
                     raise SinkBroken(str(exc)) from None
                 piece -= sent
                 moved += sent
-            await source._yield_now_and_then()
+            yield PIECE_MOVED
         return moved
     finally:
         os.close(pipe_out)

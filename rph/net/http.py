@@ -93,7 +93,7 @@ async def read_request(
     await _wait_for_head(conn)
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
     # A head nearly always arrives whole: then no deadline is set up at all.
-    parsed = _parsed_head(conn, parser, 0)
+    parsed = _parsed_head(conn.buffer, parser, 0)
     if parsed is None:
         try:
             with trio.fail_after(HEAD_DEADLINE):
@@ -102,6 +102,7 @@ async def read_request(
             message = f"request head not received within {HEAD_DEADLINE:g} s"
             raise RequestTimeout(message) from None
     request, head_size = parsed
+    request.started = trio.current_time()
     del conn.buffer[:head_size]
     # What the parser has seen of the body so far: the connection's reader
     # may add more to the buffer while the 100 Continue below is sent.
@@ -157,19 +158,29 @@ async def _read_head(
         fed = len(conn.buffer)
         if not await conn.receive():
             raise BadRequest("the connection was closed in the middle of a head")
-        parsed = _parsed_head(conn, parser, fed)
+        parsed = _parsed_head(conn.buffer, parser, fed)
         if parsed is not None:
             return parsed
 
 
+def parse_head(buffer: bytearray) -> tuple[Request, int] | None:
+    """The request whose head starts `buffer`, and the head's length; None
+    while the head is incomplete. Raises an RPHError, as `read_request`."""
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+    parsed = _parsed_head(buffer, parser, 0)
+    if parsed is not None:
+        _check_framing(parsed[0])
+    return parsed
+
+
 def _parsed_head(
-    conn: ClientConnection, parser: h11.Connection, fed: int
+    buffer: bytearray, parser: h11.Connection, fed: int
 ) -> tuple[Request, int] | None:
-    """Feed `parser` what follows `fed` in `conn.buffer`; the request and
-    the length of its head once the head is complete, else None."""
+    """Feed `parser` what follows `fed` in `buffer`; the request and the
+    length of its head once the head is complete, else None."""
     # An empty receive_data would tell h11 the client closed.
-    if len(conn.buffer) > fed:
-        parser.receive_data(bytes(conn.buffer[fed:]))
+    if len(buffer) > fed:
+        parser.receive_data(bytes(buffer[fed:]))
     try:
         event = parser.next_event()
     except h11.RemoteProtocolError as exc:
@@ -178,7 +189,7 @@ def _parsed_head(
         return None
     # h11 checks the head limit only while it waits for more data, so a
     # whole oversized head arriving in one read is caught here.
-    head_size = len(conn.buffer) - len(parser.trailing_data[0])
+    head_size = len(buffer) - len(parser.trailing_data[0])
     if head_size > HEAD_LIMIT:
         raise HeadTooLarge(f"request head over {HEAD_LIMIT} bytes")
     return _request_from(event), head_size
@@ -203,7 +214,6 @@ def _request_from(event: h11.Request) -> Request:
         http_version=event.http_version,
         headers=headers,
         connection_tokens=tokens,
-        started=trio.current_time(),
     )
 
 

@@ -13,6 +13,7 @@ import trio
 from rph.hosts import bracketed, is_loopback_name
 from rph.net.client import ClientConnection
 from rph.net.exchange import Exchange
+from rph.net.lane import StopSocket
 from rph.net.pool import UpstreamPool
 from rph.net.router import PortRouter
 from rph.proc.supervisor import Supervisor
@@ -36,6 +37,7 @@ async def serve_port(
     log.info("listening on http://%s:%d for %s", bracketed(host), bound, names)
     task_status.started(bound)
     pool = UpstreamPool()
+    stop = StopSocket()
 
     async def handle(stream: trio.SocketStream) -> None:
         peer = _peer_of(stream)
@@ -44,16 +46,20 @@ async def serve_port(
         except OSError:
             await stream.aclose()  # the client was already gone
             return
-        exchange = Exchange(conn, router, supervisor, loopback, pool)
+        exchange = Exchange(conn, router, supervisor, loopback, pool, stop)
         try:
             async with conn.stream:
                 await exchange.serve()
         except Exception:
             log.exception("connection from %s failed", peer)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pool.sweep_forever)
-        await trio.serve_listeners(handle, listeners)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.sweep_forever)
+            nursery.start_soon(stop.stop_when_cancelled)
+            await trio.serve_listeners(handle, listeners)
+    finally:
+        stop.close()
 
 
 def _peer_of(stream: trio.SocketStream) -> str:

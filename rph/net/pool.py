@@ -12,10 +12,14 @@ Not for long: backends close idle connections themselves (llama-server and
 uvicorn after 5 s), so RPH closes its own after IDLE_KEPT. One that the
 backend closed anyway is found out before use (it reads as EOF) or, in a
 race, the exchange resends the request on a new connection.
+
+The threads that answer plain requests (net/lane) take from the pool too,
+so its lists change under a lock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 import trio
@@ -42,6 +46,10 @@ class UpstreamPool:
         self._idle: dict[Endpoint, deque[tuple[float, Upstream]]] = {}
         self._kept = trio.Event()
         self._closed = False  # the port stopped serving: nothing is kept
+        self._lock = threading.Lock()
+        # What `keep_at_once` needs of the run loop, from a thread.
+        self._clock = trio.lowlevel.current_clock()
+        self._token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
         return f"<UpstreamPool idle={len(self)}>"
@@ -51,23 +59,52 @@ class UpstreamPool:
 
     async def take(self, endpoint: Endpoint) -> Upstream | None:
         """An idle connection fit for `endpoint`, or None."""
-        idle = self._idle.get(endpoint)
-        while idle:
-            _, upstream = idle.pop()  # the newest: the least likely closed
+        while upstream := self._pop(endpoint):
             if upstream.is_fit_for(endpoint):
                 return upstream
             await upstream.aclose()  # closed by the backend, or another start's
         return None
 
+    def take_at_once(self, endpoint: Endpoint) -> Upstream | None:
+        """`take`, for a thread."""
+        while upstream := self._pop(endpoint):
+            if upstream.is_fit_for(endpoint):
+                return upstream
+            upstream.close_now()
+        return None
+
+    def _pop(self, endpoint: Endpoint) -> Upstream | None:
+        with self._lock:
+            idle = self._idle.get(endpoint)
+            # The newest: the least likely closed by the backend.
+            return idle.pop()[1] if idle else None
+
     async def keep(self, upstream: Upstream) -> None:
         """Keep `upstream` for a later client, or close it if none is needed."""
-        idle = self._idle.setdefault(upstream.owner, deque())
         fit = upstream.is_fit_for(upstream.owner)
-        if self._closed or len(idle) >= IDLE_LIMIT or not fit:
+        with self._lock:
+            idle = self._idle.setdefault(upstream.owner, deque())
+            kept = fit and not self._closed and len(idle) < IDLE_LIMIT
+            if kept:
+                idle.append((trio.current_time(), upstream))
+        if not kept:
             await upstream.aclose()
             return
-        idle.append((trio.current_time(), upstream))
         self._kept.set()
+
+    def keep_at_once(self, upstream: Upstream) -> None:
+        """`keep`, for a thread: as soon as its client has left, so that
+        the client's next connection finds it here."""
+        fit = upstream.is_fit_for(upstream.owner)
+        with self._lock:
+            idle = self._idle.setdefault(upstream.owner, deque())
+            kept = fit and not self._closed and len(idle) < IDLE_LIMIT
+            if kept:
+                idle.append((self._clock.current_time(), upstream))
+        if not kept:
+            upstream.close_now()
+            return
+        self._token.run_sync_soon(self._kept.set)
 
     async def sweep_forever(self) -> None:
         """Close connections idle past IDLE_KEPT; all of them when cancelled."""
@@ -84,9 +121,12 @@ class UpstreamPool:
                 await self._sweep(float("inf"))
 
     async def _sweep(self, kept_since: float) -> None:
-        for endpoint, idle in list(self._idle.items()):
-            while idle and idle[0][0] <= kept_since:
-                _, upstream = idle.popleft()
-                await upstream.aclose()
-            if not idle:
-                del self._idle[endpoint]
+        swept = []
+        with self._lock:
+            for endpoint, idle in list(self._idle.items()):
+                while idle and idle[0][0] <= kept_since:
+                    swept.append(idle.popleft()[1])
+                if not idle:
+                    del self._idle[endpoint]
+        for upstream in swept:
+            await upstream.aclose()

@@ -82,7 +82,7 @@ async def relay_response(
         return
 
     keeps = request.keep_alive and head.framing is not Framing.CLOSE
-    keeps = keeps and _head_keeps(head)
+    keeps = keeps and head_keeps(head)
     outcome.client_keeps = keeps
     raw_head = head.raw if keeps else head.saying_close()
 
@@ -93,7 +93,7 @@ async def relay_response(
         outcome.client_keeps = False
 
 
-def _head_keeps(head: ResponseHead) -> bool:
+def head_keeps(head: ResponseHead) -> bool:
     """A response that tells the client it closes must be followed by a close."""
     if head.http10:
         return b"keep-alive" in head.connection_tokens

@@ -59,6 +59,10 @@ class Upstream:
         with contextlib.suppress(*BROKEN):
             await self.stream.aclose()
 
+    def close_now(self) -> None:
+        """Close from a thread; no task of the run loop may wait on it."""
+        self.fast.raw.close()
+
 
 async def open_upstream(endpoint: Endpoint) -> Upstream:
     """A new connection to `endpoint`; raises BackendFailed (502) if refused."""

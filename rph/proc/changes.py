@@ -20,6 +20,10 @@ class Changes:
         # event is only spent (and replaced) when a task waits on it.
         self._waiting = 0
 
+    @property
+    def has_waiters(self) -> bool:
+        return bool(self._waiting)
+
     def notify(self) -> None:
         """Wake every task waiting in `wait` or `wait_until`."""
         if self._waiting:

@@ -62,8 +62,7 @@ async def watch_idle(supervisor: Supervisor, app: OnDemandApp) -> None:
         # Asleep until the deadline, not woken by every request's end: a
         # later request moves the deadline, which is seen on waking.
         await trio.sleep_until(deadline)
-        if app.idle_deadline() == deadline:
-            supervisor.stop_idle(app)
+        supervisor.stop_idle(app, deadline)
 
 
 def kill_every_tree(supervisor: Supervisor) -> None:

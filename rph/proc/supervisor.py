@@ -17,11 +17,18 @@ every change and so never sees the state half-way:
 
 Requests for two conflicting apps sent at once are thus served in batches
 (all of A, then all of B), and an app never stops under a request.
+
+Plain requests to a ready app are also leased from the threads that answer
+them (net/lane), without a trip through the run loop: `lease_at_once` and
+`release_from_thread`. A lock guards what they touch (the in-flight counts
+and the decisions that read them), so a thread never joins an app that the
+run loop is stopping, and the run loop never stops an app a thread holds.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -62,6 +69,12 @@ class Supervisor:
         # How often each app has become stopped (a stop ended, a start failed).
         self._stops = dict.fromkeys(self.apps, 0)
         self.closed = trio.Event()
+        # Held for every change of an in-flight count and every decision
+        # that reads one; never across an await.
+        self._lock = threading.Lock()
+        # What threads need of the run loop: its clock, and a way back in.
+        self._clock = trio.lowlevel.current_clock()
+        self._token = trio.lowlevel.current_trio_token()
 
     def __repr__(self) -> str:
         apps = ", ".join(repr(app) for app in self.apps.values())
@@ -78,8 +91,11 @@ class Supervisor:
         for it.
         """
         app = self.apps[name]
-        if self._may_join(app, trio.current_time()):
-            app.in_flight += 1
+        with self._lock:
+            joined = self._may_join(app, trio.current_time())
+            if joined:
+                app.in_flight += 1
+        if joined:
             self.changes.notify()
         else:
             await self._wait_for_turn(app)
@@ -104,7 +120,8 @@ class Supervisor:
                 " path never starts one"
             )
         app = max(ready, key=lambda a: a.in_flight > 0)
-        app.in_flight += 1
+        with self._lock:
+            app.in_flight += 1
         self.changes.notify()
         try:
             assert app.endpoint is not None
@@ -115,11 +132,45 @@ class Supervisor:
             self._release(app, active=False)
 
     def _release(self, app: OnDemandApp, active: bool = True) -> None:
-        app.in_flight -= 1
-        if active:
-            app.last_active = trio.current_time()
-        if app.in_flight == 0:
+        with self._lock:
+            app.in_flight -= 1
+            if active:
+                app.last_active = trio.current_time()
+            idle = app.in_flight == 0
+        if idle:
             self._reconcile()
+
+    def lease_at_once(self, name: str) -> Endpoint | None:
+        """For a thread: a ready endpoint of app `name`, or None if the
+        request would have to wait (the run loop's `lease` does that).
+
+        The lease is held until `release_from_thread`.
+        """
+        app = self.apps[name]
+        with self._lock:
+            if not self._may_join(app, self._clock.current_time()):
+                return None
+            app.in_flight += 1
+        if self.changes.has_waiters:
+            self._token.run_sync_soon(self.changes.notify)
+        return app.endpoint
+
+    def release_from_thread(self, name: str) -> None:
+        """Give back a lease of `lease_at_once`."""
+        app = self.apps[name]
+        with self._lock:
+            app.in_flight -= 1
+            app.last_active = self._clock.current_time()
+            # The run loop decides again only if an idle app matters to
+            # anyone: a request waits, a stop is due, a task watches.
+            wanted = not app.in_flight and (
+                self._queue
+                or app.stop_requested
+                or self._shutting_down
+                or self.changes.has_waiters
+            )
+        if wanted:
+            self._token.run_sync_soon(self._reconcile)
 
     async def _wait_for_turn(self, app: OnDemandApp) -> None:
         waiter = Waiter(app, trio.current_time())
@@ -207,6 +258,11 @@ class Supervisor:
     # -- the one place that decides -------------------------------------
 
     def _reconcile(self) -> None:
+        with self._lock:
+            self._decide()
+        self.changes.notify()
+
+    def _decide(self) -> None:
         for waiter in self._queue:
             if not waiter.admitted and self._may_join(waiter.app, waiter.since):
                 waiter.admitted = True
@@ -227,13 +283,12 @@ class Supervisor:
             app = waiter.app
             if app.state is State.STOPPED and self._may_start(app, index):
                 self._begin_start(app)
-        self.changes.notify()
 
     def _may_join(self, app: OnDemandApp, arrived: float) -> bool:
         """True if a request that arrived at `arrived` may use `app` now."""
         if app.state is not State.READY or app.stop_requested or self._shutting_down:
             return False
-        now = trio.current_time()
+        now = self._clock.current_time()  # trio's, readable from threads too
         return not admission.overtaken_too_long(app, arrived, self._queue, now)
 
     def _may_start(self, app: OnDemandApp, position: int) -> bool:
@@ -329,10 +384,16 @@ class Supervisor:
         self._begin_stop(app, "crashed")
         self._reconcile()
 
-    def stop_idle(self, app: OnDemandApp) -> None:
-        """Stop `app`, idle for its whole `timeout`, and decide again."""
-        minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
-        self._begin_stop(app, f"idle for {minutes:g} min")
+    def stop_idle(self, app: OnDemandApp, deadline: float) -> None:
+        """Stop `app` if its idle stop is still due at `deadline`.
+
+        A thread may have leased it since the deadline was read.
+        """
+        with self._lock:
+            if app.idle_deadline() != deadline:
+                return
+            minutes = (app.config.timeout or 0) / SECONDS_PER_MINUTE
+            self._begin_stop(app, f"idle for {minutes:g} min")
         self._reconcile()
 
     # -- shutdown and status ---------------------------------------------

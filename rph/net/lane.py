@@ -1,0 +1,542 @@
+"""Plain requests of a connection, answered by a thread of its own.
+
+Most requests a desktop sends are plain: a small body that arrives with
+its head, for an app that is ready. For those, what RPH adds to the time
+of an answer is mostly the run loop itself: each wait for the client or the
+backend is a trip through trio's scheduler, and on a 2-core machine that
+trip costs more than parsing and relaying. A thread that blocks on the two
+sockets it serves wakes straight into its read, so a connection's plain
+requests are answered by one: the lane.
+
+The lane hands the connection back to its task, which reads the same
+request again from the same buffer, as soon as a request is anything else:
+a control endpoint, an app that must start or be waited for, a body that
+is chunked, large or slow to come, an upgrade, an `Expect`, a head that is
+incomplete or malformed, a route that does not exist. Whatever the task
+answers (errors, waits, starts) is thus answered by one piece of code.
+
+While it waits for an answer, the lane watches the client as the task
+does (net/watch): bytes are the next request, an EOF is passed on to the
+backend as a half-close, a reset ends the exchange at once. Every wait also
+watches the port's stop socket, which RPH writes when it stops serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import time
+
+import trio
+
+from rph.errors import BackendFailed, RPHError
+from rph.net import control, fastio, http
+from rph.net.accesslog import log_exchange, log_refusal
+from rph.net.client import PIPELINE_BUFFER_LIMIT, READ_SIZE, ClientConnection
+from rph.net.framing import (
+    RESPONSE_HEAD_LIMIT,
+    BodyEnd,
+    Framing,
+    ResponseHead,
+    find_head_end,
+    parse_response_head,
+)
+from rph.net.heads import error_response, forward_head
+from rph.net.pool import UpstreamPool
+from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome, head_keeps
+from rph.net.router import PortRouter, Route
+from rph.net.upstream import Upstream, UpstreamClosed
+from rph.proc.readiness import Endpoint
+from rph.proc.supervisor import Supervisor
+
+# Connections answered by lanes at once; the ones beyond are answered by
+# their tasks, as every connection would be without lanes.
+LANE_THREADS = 64
+
+# A body up to this size is read by the lane; a larger one by the task,
+# which reads it in place.
+LANE_BODY_LIMIT = 1024 * 1024
+
+_limiter_of_run: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "lane_limiter"
+)
+
+
+# What a non-blocking connect says while the handshake goes on.
+_CONNECTING = {
+    errno.EINPROGRESS,
+    errno.EWOULDBLOCK,
+    errno.EAGAIN,
+    getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK),
+}
+
+
+class _Stopped(Exception):
+    """The port stopped serving: the lane lets go at once."""
+
+
+class StopSocket:
+    """Written once when a port stops serving; every lane of it waits on it."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+
+    async def stop_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._writer.send(b"!")
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
+def has_room() -> bool:
+    """Whether a lane is free for one more connection."""
+    return _limiter().available_tokens > 0
+
+
+def _limiter() -> trio.CapacityLimiter:
+    try:
+        return _limiter_of_run.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(LANE_THREADS)
+        _limiter_of_run.set(limiter)
+        return limiter
+
+
+class Lane:
+    """Answers a connection's plain requests from a thread."""
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        router: PortRouter,
+        supervisor: Supervisor,
+        pool: UpstreamPool,
+        stop: StopSocket,
+    ) -> None:
+        self.conn = conn
+        self.router = router
+        self.supervisor = supervisor
+        self.pool = pool
+        self.upstream: Upstream | None = None  # kept between requests
+        self._client = conn.fast.raw
+        self._stop = stop.reader
+        self._clock = trio.lowlevel.current_clock()
+
+    async def run(self) -> bool:
+        """Answer plain requests; True if one waits for the task.
+
+        False when the connection is over: either side ended it, or the
+        port stopped serving.
+        """
+        # Not abandoned on cancel: the thread owns both sockets until it
+        # returns, and the port's stop socket makes it return at once.
+        return await trio.to_thread.run_sync(
+            self._serve, abandon_on_cancel=False, limiter=_limiter()
+        )
+
+    # -- the thread -------------------------------------------------------
+
+    def _serve(self) -> bool:
+        try:
+            while self._wait_for_head():
+                plan = self._plan()
+                if plan is None:
+                    return True
+                if not self._answer(*plan):
+                    break
+        except _Stopped:
+            return False
+        # The connection is over: its backend connection goes back to the
+        # pool at once, for the next connection the client may be opening.
+        if self.upstream is not None:
+            self.pool.keep_at_once(self.upstream)
+            self.upstream = None
+        return False
+
+    def _wait_for_head(self) -> bool:
+        """Wait for a request's first byte; False if the client left or
+        stayed silent between requests (the connection then closes)."""
+        buffer = self.conn.buffer
+        deadline = time.monotonic() + http.IDLE_DEADLINE
+        while True:
+            # RFC 9112 §2.2: empty lines before a request line are ignored.
+            while buffer.startswith((b"\r\n", b"\n")):
+                del buffer[: buffer.index(b"\n") + 1]
+            if buffer and buffer != b"\r":
+                return True
+            if self.conn.eof or self.conn.reset:
+                return False
+            if not self._read_client(deadline - time.monotonic()):
+                return False
+
+    def _plan(self) -> tuple[http.Request, Route, Endpoint] | None:
+        """The next request, its route and a leased endpoint; None if the
+        request is not plain (the buffer is then left as it was)."""
+        try:
+            parsed = http.parse_head(self.conn.buffer)
+        except RPHError:
+            return None
+        if parsed is None:
+            return None
+        request, head_size = parsed
+        if control.is_control(request.path) or request.wants_upgrade:
+            return None
+        if request.header(b"expect") or request.header(b"transfer-encoding"):
+            return None
+        length_header = request.header(b"content-length")
+        length = int(length_header) if length_header is not None else 0
+        if length > min(LANE_BODY_LIMIT, self.router.body_limit(request.path)):
+            return None
+        if not self._read_body(head_size + length):
+            return None
+        request.body = bytes(self.conn.buffer[head_size : head_size + length])
+        request.has_body = length_header is not None
+        try:
+            route = self.router.route(request.path, request.body)
+        except RPHError:
+            return None
+        if route.passive or length > route.app.max_body:
+            return None
+        endpoint = self.supervisor.lease_at_once(route.app.name)
+        if endpoint is None:
+            return None
+        del self.conn.buffer[: head_size + length]
+        request.started = self._clock.current_time()
+        return request, route, endpoint
+
+    def _read_body(self, size: int) -> bool:
+        """Whether the buffer holds `size` bytes, read in the body's time."""
+        deadline = time.monotonic() + http.BODY_IDLE_DEADLINE
+        while len(self.conn.buffer) < size:
+            if self.conn.eof or self.conn.reset:
+                return False
+            if not self._read_client(deadline - time.monotonic()):
+                return False
+        return True
+
+    def _answer(self, request: http.Request, route: Route, endpoint: Endpoint) -> bool:
+        """Relay one leased request; True if the connection goes on."""
+        outcome = Outcome()
+        try:
+            self._forward(request, endpoint, outcome)
+        except BackendFailed as error:
+            if not outcome.head_sent:
+                return self._refuse(request, error)
+            outcome.client_keeps = False  # no second response after the first
+        except ClientAborted:
+            outcome.aborted = True
+            outcome.client_keeps = False
+        finally:
+            self.supervisor.release_from_thread(route.app.name)
+        now = self._clock.current_time()
+        log_exchange(self.conn.peer, request, route, outcome, self.conn.eof, now)
+        return outcome.client_keeps
+
+    def _refuse(self, request: http.Request, error: RPHError) -> bool:
+        log_refusal(self.conn.peer, request, error)
+        keeps = request.keep_alive
+        head_only = request.method == b"HEAD"
+        try:
+            self._to_client(error_response(error, not keeps, head_only))
+        except ClientAborted:
+            return False
+        return keeps
+
+    def _forward(
+        self, request: http.Request, endpoint: Endpoint, outcome: Outcome
+    ) -> None:
+        head = forward_head(request, self.conn.peer)
+        upstream = self._upstream_for(endpoint)
+        try:
+            try:
+                self._send_and_relay(upstream, head, request, outcome)
+            except UpstreamClosed:
+                # A kept connection that the backend closed just as it was
+                # reused: the request never reached it, and goes again.
+                if upstream.uses == 1 or upstream.half_closed or outcome.status:
+                    raise
+                upstream.close_now()
+                upstream = self.upstream = self._connect(endpoint)
+                self._send_and_relay(upstream, head, request, outcome)
+        finally:
+            if not outcome.upstream_reusable:
+                self.upstream = None
+                upstream.close_now()
+
+    def _upstream_for(self, endpoint: Endpoint) -> Upstream:
+        kept, self.upstream = self.upstream, None
+        if kept is not None and kept.is_fit_for(endpoint):
+            self.upstream = kept
+            return kept
+        if kept is not None:
+            kept.close_now()  # another app's, or closed by its backend
+        self.upstream = self.pool.take_at_once(endpoint) or self._connect(endpoint)
+        return self.upstream
+
+    def _send_and_relay(
+        self,
+        upstream: Upstream,
+        head: bytes,
+        request: http.Request,
+        outcome: Outcome,
+    ) -> None:
+        upstream.uses += 1
+        try:
+            self._send(upstream.fast.raw, head + request.body)
+        except OSError as exc:
+            message = f"the backend closed the connection: {exc}"
+            raise UpstreamClosed(message) from None
+        if self.conn.eof:
+            _half_close(upstream)
+
+        while True:
+            response = self._read_response_head(upstream, request.method)
+            outcome.status = response.status
+            if outcome.first_byte_at is None:
+                outcome.first_byte_at = self._clock.current_time()
+            if response.status >= 200 or response.framing is Framing.TUNNEL:
+                break
+            # As the task does: no 1xx to HTTP/1.0, no second 100 Continue.
+            if response.status != 100 and request.http_version == b"1.1":
+                self._to_client(response.raw)
+        if response.framing is Framing.TUNNEL:
+            # Only an upgrade request may be answered so (RFC 9110 §15.2.2),
+            # and upgrades go to the task.
+            raise BackendFailed("the backend switched protocols unasked")
+
+        keeps = request.keep_alive and response.framing is not Framing.CLOSE
+        keeps = keeps and head_keeps(response)
+        outcome.client_keeps = keeps
+        raw_head = response.raw if keeps else response.saying_close()
+        complete, clean = self._relay_body(upstream, response, raw_head, outcome)
+        reusable = complete and clean and response.backend_keeps_alive
+        outcome.upstream_reusable = reusable and not upstream.half_closed
+        if not complete:
+            outcome.client_keeps = False
+
+    def _read_response_head(self, upstream: Upstream, method: bytes) -> ResponseHead:
+        buffer = upstream.buffer
+        searched = 0
+        while (end := find_head_end(buffer, searched)) < 0:
+            if len(buffer) > RESPONSE_HEAD_LIMIT:
+                raise BackendFailed("the backend's response head is too large")
+            searched = max(0, len(buffer) - 3)
+            try:
+                data = self._from_backend(upstream)
+            except OSError as exc:
+                failure = BackendFailed if buffer else UpstreamClosed
+                raise failure(f"the backend reset the connection: {exc}") from None
+            if not data:
+                message = "the backend closed the connection without answering"
+                raise BackendFailed(message) if buffer else UpstreamClosed(message)
+            buffer += data
+        raw = bytes(buffer[:end])
+        del buffer[:end]
+        return parse_response_head(raw, method)
+
+    def _relay_body(
+        self,
+        upstream: Upstream,
+        response: ResponseHead,
+        raw_head: bytes,
+        outcome: Outcome,
+    ) -> tuple[bool, bool]:
+        """Relay the body; whether it ended as framed, and cleanly."""
+        data = bytes(upstream.buffer)
+        upstream.buffer.clear()
+        if response.framing is Framing.NONE:
+            outcome.head_sent = True
+            self._to_client(raw_head)
+            return True, not data
+
+        body = BodyEnd(response)
+        try:
+            while True:
+                try:
+                    data, ended, clean = body.cut(data)
+                except ValueError:
+                    if not outcome.head_sent:
+                        message = "the backend sent a broken chunked body"
+                        raise BackendFailed(message) from None
+                    return False, False
+                if not outcome.head_sent:
+                    outcome.head_sent = True
+                    self._to_client(raw_head + data)
+                elif data:
+                    self._to_client(data)
+                body.relayed += len(data)
+                if ended:
+                    return True, clean
+                if body.framing is Framing.LENGTH and body.remaining >= SPLICE_FROM:
+                    moved = self._splice_to_client(upstream, body.remaining)
+                    body.relayed += moved
+                    return moved == body.remaining, True
+                try:
+                    data = self._from_backend(upstream)
+                except OSError:
+                    return False, False
+                if not data:
+                    return body.ends_at_close, True
+        finally:
+            outcome.bytes_down = body.relayed
+
+    def _splice_to_client(self, upstream: Upstream, length: int) -> int:
+        """fastio.splice, driven by this thread; it does not watch the
+        client, whose reset fails the splice anyway."""
+        source, sink = upstream.fast.raw, self._client
+        steps = fastio.splice_steps(source, sink, length)
+        try:
+            wait = next(steps)
+            while True:
+                if wait is fastio.WAIT_READABLE:
+                    self._wait([source])
+                elif wait is fastio.WAIT_WRITABLE:
+                    self._wait([], writer=sink)
+                wait = steps.send(None)
+        except StopIteration as done:
+            moved: int = done.value
+            return moved
+        except fastio.SinkBroken:
+            raise ClientAborted from None
+        finally:
+            steps.close()
+
+    # -- waiting on sockets -------------------------------------------------
+
+    def _read_client(self, timeout: float) -> bool:
+        """Read what the client sent into the buffer; False on silence."""
+        if timeout <= 0 or self._client not in self._wait([self._client], timeout):
+            return False
+        self._take_from_client()
+        return True
+
+    def _take_from_client(self) -> None:
+        try:
+            data = self._client.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.conn.reset = True
+            return
+        if data:
+            self.conn.buffer += data
+        else:
+            self.conn.eof = True
+
+    def _from_backend(self, upstream: Upstream) -> bytes:
+        """The backend's next bytes, b"" at EOF, watching the client meanwhile.
+
+        Raises OSError if the backend broke, ClientAborted if the client
+        left.
+        """
+        backend = upstream.fast.raw
+        while True:
+            conn = self.conn
+            watching = not (conn.eof or conn.reset)
+            watching = watching and len(conn.buffer) < PIPELINE_BUFFER_LIMIT
+            ready = self._wait([backend, self._client] if watching else [backend])
+            if self._client in ready:
+                self._take_from_client()
+                if conn.reset:
+                    raise ClientAborted
+                if conn.eof:
+                    _half_close(upstream)
+            if backend in ready:
+                try:
+                    return backend.recv(fastio.BACKEND_READ)
+                except BlockingIOError:
+                    continue
+
+    def _to_client(self, data: bytes) -> None:
+        try:
+            self._send(self._client, data)
+        except OSError:
+            raise ClientAborted from None
+
+    def _connect(self, endpoint: Endpoint) -> Upstream:
+        """A new connection to `endpoint`; BackendFailed if refused."""
+        sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            error = sock.connect_ex(endpoint.address)
+            if error in _CONNECTING:
+                self._wait([], writer=sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                message = f"the backend refused the connection: {os.strerror(error)}"
+                raise BackendFailed(message)
+        except BaseException:
+            sock.close()
+            raise
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        return Upstream(stream, endpoint)
+
+    def _send(self, sink: socket.socket, data: bytes) -> None:
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += sink.send(view[sent:])
+                except BlockingIOError:
+                    self._wait([], writer=sink)
+
+    def _wait(
+        self,
+        readers: list[socket.socket],
+        timeout: float | None = None,
+        writer: socket.socket | None = None,
+    ) -> list[socket.socket]:
+        """The sockets of `readers` (and `writer`) that are ready; [] on
+        timeout. Raises _Stopped once the port stops serving."""
+        ready = _ready([*readers, self._stop], writer, timeout)
+        if self._stop in ready:
+            raise _Stopped
+        return ready
+
+
+def _half_close(upstream: Upstream) -> None:
+    """Pass the client's half-close on: the backend reads EOF."""
+    if not upstream.half_closed:
+        upstream.half_closed = True
+        with contextlib.suppress(OSError):
+            upstream.fast.raw.shutdown(socket.SHUT_WR)
+
+
+if hasattr(select, "poll"):
+
+    def _ready(
+        readers: list[socket.socket],
+        writer: socket.socket | None,
+        timeout: float | None,
+    ) -> list[socket.socket]:
+        poller = select.poll()
+        by_fd = {}
+        for sock in readers:
+            by_fd[sock.fileno()] = sock
+            poller.register(sock, select.POLLIN)
+        if writer is not None:
+            by_fd[writer.fileno()] = writer
+            poller.register(writer, select.POLLOUT)
+        milliseconds = None if timeout is None else max(0, int(timeout * 1000))
+        # An error or hang-up counts as ready: the read or write says which.
+        return [by_fd[fd] for fd, _ in poller.poll(milliseconds)]
+
+else:  # Windows: select() takes sockets, and any number of them
+
+    def _ready(
+        readers: list[socket.socket],
+        writer: socket.socket | None,
+        timeout: float | None,
+    ) -> list[socket.socket]:
+        writers = [writer] if writer is not None else []
+        readable, writable, failed = select.select(
+            readers, writers, readers + writers, timeout
+        )
+        return list({*readable, *writable, *failed})

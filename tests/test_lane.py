@@ -1,0 +1,100 @@
+"""Lanes: a connection's plain requests answered by a thread of its own.
+
+What a client notices is only that nothing changes: requests that a lane
+cannot answer go to the connection's task in between, in order, on the same
+connection; RPH stops at once under a lane that waits; the app still stops
+when idle, and a conflicting app still gets its turn after a stream that a lane relayed
+(test_conflicts).
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from scripted import scripted_app
+from support import app, connect, exchange, request, running_rph
+
+from rph.net import lane
+from rph.proc.ondemand import State
+
+STREAM = b'{"prompt": "hi", "max_tokens": 5, "stream": true}'
+
+
+@pytest.mark.timeout(30)
+async def test_plain_and_other_requests_alternate_on_one_connection() -> None:
+    async with running_rph([app()]) as rph:
+        sock = await connect(rph.port)
+        async with sock:
+            # Cold: the task waits for the start; the next ones are plain.
+            first = await exchange(sock, "POST", "/v1/completions", STREAM)
+            assert first.status == 200
+            assert first.body.endswith(b"data: [DONE]\n\n")
+            models = await exchange(sock, "GET", "/v1/models")
+            assert models.status == 200
+            # A control endpoint, a chunked upload and an Expect, each
+            # answered by the task, then plain requests again.
+            status = await exchange(sock, "GET", "/rph/status")
+            assert status.json()["apps"][0]["state"] == "ready"
+            chunked = await exchange(
+                sock,
+                "POST",
+                "/v1/completions",
+                STREAM,
+                headers=[("Transfer-Encoding", "chunked")],
+            )
+            assert chunked.body.endswith(b"data: [DONE]\n\n")
+            expecting = await exchange(
+                sock,
+                "POST",
+                "/v1/completions",
+                STREAM,
+                headers=[("Expect", "100-continue")],
+            )
+            assert expecting.body.endswith(b"data: [DONE]\n\n")
+            again = await exchange(sock, "GET", "/v1/models")
+            assert again.body == models.body
+
+
+@pytest.mark.timeout(30)
+async def test_connections_beyond_the_lanes_are_answered_by_their_tasks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lane, "LANE_THREADS", 1)
+    async with running_rph([app()]) as rph:
+        await rph.supervisor.preload("llm")
+        first, second = await connect(rph.port), await connect(rph.port)
+        async with first, second:
+            # The first connection holds the only lane between its requests.
+            answers = [await exchange(first, "GET", "/v1/models")]
+            for _ in range(3):
+                answers.append(await exchange(second, "GET", "/v1/models"))
+                answers.append(await exchange(first, "GET", "/v1/models"))
+        assert [answer.status for answer in answers] == [200] * 7
+
+
+@pytest.mark.timeout(20)
+async def test_rph_stops_at_once_under_a_lane_waiting_for_a_silent_backend() -> None:
+    silent = scripted_app("llm", "time.sleep(600)")
+    # Leaving the block stops RPH; its backend ends on the polite signal.
+    with trio.fail_after(10):
+        async with running_rph([silent]) as rph:
+            await rph.supervisor.preload("llm")
+            sock = await connect(rph.port)
+            await sock.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            llm = rph.supervisor.apps["llm"]
+            await rph.supervisor.changes.wait_until(lambda: llm.in_flight == 1)
+        await sock.aclose()
+
+
+@pytest.mark.timeout(20)
+async def test_an_app_stops_when_idle_after_requests_answered_by_lanes() -> None:
+    async with running_rph([app(timeout=0.5)]) as rph:
+        llm = rph.supervisor.apps["llm"]
+        await rph.supervisor.preload("llm")
+        # A stream longer than the idle timeout: the idle watch finds it in
+        # flight, and waits to hear of its end from the lane.
+        long_stream = b'{"prompt": "hi", "max_tokens": 100, "stream": true}'
+        response = await request(rph.port, "POST", "/v1/completions", long_stream)
+        assert response.body.endswith(b"data: [DONE]\n\n")
+        with trio.fail_after(5):
+            await rph.supervisor.changes.wait_until(lambda: llm.state is State.STOPPED)
