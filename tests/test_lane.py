@@ -2,8 +2,9 @@
 
 What a client notices is only that nothing changes: requests that a lane
 cannot answer go to the connection's task in between, in order, on the same
-connection; RPH stops at once under a lane that waits; the app still stops
-when idle, and a conflicting app still gets its turn after a stream that a lane relayed
+connection, also after a silence that gave the lane back; RPH stops at
+once under a lane that waits; the app still stops when idle, and a
+conflicting app still gets its turn after a stream that a lane relayed
 (test_conflicts).
 """
 
@@ -14,7 +15,7 @@ import trio
 from scripted import scripted_app
 from support import app, connect, exchange, request, running_rph
 
-from rph.net import lane
+from rph.net import http, lane
 from rph.proc.ondemand import State
 
 STREAM = b'{"prompt": "hi", "max_tokens": 5, "stream": true}'
@@ -98,3 +99,22 @@ async def test_an_app_stops_when_idle_after_requests_answered_by_lanes() -> None
         assert response.body.endswith(b"data: [DONE]\n\n")
         with trio.fail_after(5):
             await rph.supervisor.changes.wait_until(lambda: llm.state is State.STOPPED)
+
+
+@pytest.mark.timeout(20)
+async def test_a_connection_silent_past_its_lane_is_still_answered_then_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lane, "LANE_IDLE", 0.1)
+    monkeypatch.setattr(http, "IDLE_DEADLINE", 1.0)
+    async with running_rph([app()]) as rph:
+        await rph.supervisor.preload("llm")
+        sock = await connect(rph.port)
+        async with sock:
+            assert (await exchange(sock, "GET", "/v1/models")).status == 200
+            # Silent past LANE_IDLE: the lane gave the connection back.
+            await trio.sleep(0.3)
+            assert (await exchange(sock, "GET", "/v1/models")).status == 200
+            # Silent for IDLE_DEADLINE: closed without a word.
+            with trio.fail_after(5):
+                assert await sock.receive_some(1024) == b""

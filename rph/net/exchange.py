@@ -17,12 +17,12 @@ import logging
 import trio
 
 from rph.errors import BodyTooLarge, RPHError
-from rph.net import control, lane
+from rph.net import control, http, lane
 from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.heads import error_response, forward_head, json_response
 from rph.net.http import Request, read_request
-from rph.net.lane import Lane, StopSocket
+from rph.net.lane import Handback, Lane, StopSocket
 from rph.net.pool import UpstreamPool
 from rph.net.relay import ClientAborted, Outcome, relay_response, tunnel
 from rph.net.router import PortRouter, Route
@@ -58,25 +58,39 @@ class Exchange:
     async def serve(self) -> None:
         """Answer requests until either side ends the connection, then close."""
         try:
-            goes_on = True
-            while goes_on:
-                if self.lane is not None and lane.has_room():
-                    goes_on = await self._serve_in_lane(self.lane)
-                if goes_on:
-                    goes_on = await self._serve_here(just_one=self.lane is not None)
+            while await self._serve_once():
+                pass
         finally:
             upstream, self.upstream = self.upstream, None
             if upstream is not None:
                 await self.pool.keep(upstream)
         await self.conn.aclose()
 
-    async def _serve_in_lane(self, lane: Lane) -> bool:
-        """Let the lane answer plain requests; True if one waits for this task."""
-        lane.upstream, self.upstream = self.upstream, None
+    async def _serve_once(self) -> bool:
+        """Answer what comes next, in a lane or here; True if the connection
+        goes on."""
+        if self.lane is None or not lane.has_room():
+            # Answered here one at a time, so that a lane freed meanwhile
+            # takes the next.
+            return await self._serve_here(just_one=self.lane is not None)
+
+        self.lane.upstream, self.upstream = self.upstream, None
         try:
-            return await lane.run()
+            handback = await self.lane.run()
         finally:
-            self.upstream, lane.upstream = lane.upstream, None
+            self.upstream, self.lane.upstream = self.lane.upstream, None
+        if handback is Handback.REQUEST:
+            return await self._serve_here(just_one=True)
+        if handback is Handback.IDLE:
+            return await self._wait_for_request()
+        return False
+
+    async def _wait_for_request(self) -> bool:
+        """Wait, holding no thread, for the client to send or close."""
+        with trio.move_on_after(http.IDLE_DEADLINE - lane.LANE_IDLE):
+            await trio.lowlevel.wait_readable(self.conn.fast.raw)
+            return True
+        return False  # silent for the whole IDLE_DEADLINE: closed
 
     async def _serve_here(self, just_one: bool) -> bool:
         """Answer requests in this task; True if the connection goes on."""

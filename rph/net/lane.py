@@ -24,6 +24,7 @@ watches the port's stop socket, which RPH writes when it stops serving.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import select
@@ -53,8 +54,15 @@ from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
 
 # Connections answered by lanes at once; the ones beyond are answered by
-# their tasks, as every connection would be without lanes.
-LANE_THREADS = 64
+# their tasks, as every connection would be without lanes. Each lane needs
+# the interpreter for each piece it passes on: 64 streams started at once
+# got their first token later with 64 lanes than with 16 (benchmarks/).
+LANE_THREADS = 16
+
+# A connection silent this long between requests gives its lane back and
+# waits for the next one in its task: idle keep-alive connections (a
+# browser's, a front-end's) hold no thread.
+LANE_IDLE = 1.0
 
 # A body up to this size is read by the lane; a larger one by the task,
 # which reads it in place.
@@ -72,6 +80,14 @@ _CONNECTING = {
     errno.EAGAIN,
     getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK),
 }
+
+
+class Handback(enum.Enum):
+    """Why a lane gave its connection back to the task."""
+
+    REQUEST = "a request that is not plain"
+    IDLE = "no request for LANE_IDLE"
+    OVER = "the connection is over, or the port stopped serving"
 
 
 class _Stopped(Exception):
@@ -129,12 +145,8 @@ class Lane:
         self._stop = stop.reader
         self._clock = trio.lowlevel.current_clock()
 
-    async def run(self) -> bool:
-        """Answer plain requests; True if one waits for the task.
-
-        False when the connection is over: either side ended it, or the
-        port stopped serving.
-        """
+    async def run(self) -> Handback:
+        """Answer plain requests until the connection needs its task."""
         # Not abandoned on cancel: the thread owns both sockets until it
         # returns, and the port's stop socket makes it return at once.
         return await trio.to_thread.run_sync(
@@ -143,38 +155,42 @@ class Lane:
 
     # -- the thread -------------------------------------------------------
 
-    def _serve(self) -> bool:
+    def _serve(self) -> Handback:
         try:
-            while self._wait_for_head():
+            while (waited := self._wait_for_head()) is Handback.REQUEST:
                 plan = self._plan()
                 if plan is None:
-                    return True
+                    return Handback.REQUEST
                 if not self._answer(*plan):
+                    waited = Handback.OVER
                     break
         except _Stopped:
-            return False
-        # The connection is over: its backend connection goes back to the
-        # pool at once, for the next connection the client may be opening.
-        if self.upstream is not None:
+            return Handback.OVER
+        if waited is Handback.OVER and self.upstream is not None:
+            # Its backend connection goes back to the pool at once, for the
+            # next connection the client may be opening already.
             self.pool.keep_at_once(self.upstream)
             self.upstream = None
-        return False
+        return waited
 
-    def _wait_for_head(self) -> bool:
-        """Wait for a request's first byte; False if the client left or
-        stayed silent between requests (the connection then closes)."""
+    def _wait_for_head(self) -> Handback:
+        """Wait for a request's first byte (REQUEST); OVER if the client
+        left or stayed silent for the connection's IDLE_DEADLINE, IDLE if
+        it stayed silent for LANE_IDLE."""
         buffer = self.conn.buffer
-        deadline = time.monotonic() + http.IDLE_DEADLINE
+        for_lane = min(LANE_IDLE, http.IDLE_DEADLINE)
+        deadline = time.monotonic() + for_lane
         while True:
             # RFC 9112 §2.2: empty lines before a request line are ignored.
             while buffer.startswith((b"\r\n", b"\n")):
                 del buffer[: buffer.index(b"\n") + 1]
             if buffer and buffer != b"\r":
-                return True
+                return Handback.REQUEST
             if self.conn.eof or self.conn.reset:
-                return False
+                return Handback.OVER
             if not self._read_client(deadline - time.monotonic()):
-                return False
+                idle_over = for_lane == http.IDLE_DEADLINE
+                return Handback.OVER if idle_over else Handback.IDLE
 
     def _plan(self) -> tuple[http.Request, Route, Endpoint] | None:
         """The next request, its route and a leased endpoint; None if the
