@@ -10,6 +10,8 @@ conflicting app still gets its turn after a stream that a lane relayed
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 from scripted import scripted_app
@@ -22,7 +24,18 @@ STREAM = b'{"prompt": "hi", "max_tokens": 5, "stream": true}'
 
 
 @pytest.mark.timeout(30)
-async def test_plain_and_other_requests_alternate_on_one_connection() -> None:
+async def test_plain_and_other_requests_alternate_on_one_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answered_in_lanes = 0
+    answer = lane.Lane._answer
+
+    def counting_answer(self: lane.Lane, *args: Any) -> bool:
+        nonlocal answered_in_lanes
+        answered_in_lanes += 1
+        return answer(self, *args)
+
+    monkeypatch.setattr(lane.Lane, "_answer", counting_answer)
     async with running_rph([app()]) as rph:
         sock = await connect(rph.port)
         async with sock:
@@ -54,6 +67,8 @@ async def test_plain_and_other_requests_alternate_on_one_connection() -> None:
             assert expecting.body.endswith(b"data: [DONE]\n\n")
             again = await exchange(sock, "GET", "/v1/models")
             assert again.body == models.body
+    # The two plain requests to a ready app, and those alone.
+    assert answered_in_lanes == 2
 
 
 @pytest.mark.timeout(30)

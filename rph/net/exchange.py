@@ -4,15 +4,18 @@ Each request on a keep-alive connection is routed on its own, so one
 connection may talk to several apps. The backend connection of the last
 request is kept and reused while the next request goes to the same start of
 the same app; when the client leaves, the port's pool keeps it for the next
-client (net/pool). Errors RPH answers itself end the connection when the request
-could not be read whole, and keep it otherwise; an error after the client
-got bytes of a response ends the connection without a second response.
+client (net/pool). Plain requests are answered by the connection's lane, a
+thread (net/lane); this task answers the others, one at a time, and waits
+for the next request when the lane gave back an idle connection.
+
+Errors RPH answers itself end the connection when the request could not be
+read whole, and keep it otherwise; an error after the client got bytes of
+a response ends the connection without a second response.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import trio
 
@@ -30,8 +33,6 @@ from rph.net.upstream import Upstream, UpstreamClosed, open_upstream, send_reque
 from rph.net.watch import ClientWatch
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
-
-log = logging.getLogger("rph.net")
 
 
 class Exchange:

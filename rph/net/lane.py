@@ -101,6 +101,7 @@ class StopSocket:
         self.reader, self._writer = socket.socketpair()
 
     async def stop_when_cancelled(self) -> None:
+        """Sleep; write the stop once cancelled (the port stops serving)."""
         try:
             await trio.sleep_forever()
         finally:
@@ -478,7 +479,10 @@ class Lane:
 
     def _connect(self, endpoint: Endpoint) -> Upstream:
         """A new connection to `endpoint`; BackendFailed if refused."""
-        sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors, say
+            raise BackendFailed(f"no connection to the backend: {exc}") from None
         sock.setblocking(False)
         try:
             error = sock.connect_ex(endpoint.address)

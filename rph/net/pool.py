@@ -55,7 +55,8 @@ class UpstreamPool:
         return f"<UpstreamPool idle={len(self)}>"
 
     def __len__(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
+        with self._lock:  # a lane may add an endpoint's list meanwhile
+            return sum(len(idle) for idle in self._idle.values())
 
     async def take(self, endpoint: Endpoint) -> Upstream | None:
         """An idle connection fit for `endpoint`, or None."""
@@ -104,7 +105,11 @@ class UpstreamPool:
         if not kept:
             upstream.close_now()
             return
-        self._token.run_sync_soon(self._kept.set)
+        self._token.run_sync_soon(self._wake_sweeper)
+
+    def _wake_sweeper(self) -> None:
+        # Run by the run loop: the event is the one the sweeper waits on.
+        self._kept.set()
 
     async def sweep_forever(self) -> None:
         """Close connections idle past IDLE_KEPT; all of them when cancelled."""

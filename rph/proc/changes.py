@@ -1,7 +1,9 @@
 """A broadcast of "something changed", for tasks that wait on a condition.
 
-The supervisor's state (apps, queue, pausables, coordinator) changes in one
-thread, in small synchronous steps. Any task that waits for a condition on
+The supervisor's state (apps, queue, pausables, coordinator) changes in
+small synchronous steps, in the run loop, or for in-flight counts in the
+threads of lanes too (which notify through the run loop when
+`has_waiters`). Any task that waits for a condition on
 that state re-checks it after every change instead of holding a separate
 event per condition.
 """
@@ -22,6 +24,7 @@ class Changes:
 
     @property
     def has_waiters(self) -> bool:
+        """Whether a task waits; read from threads, so never reset early."""
         return bool(self._waiting)
 
     def notify(self) -> None:
@@ -39,6 +42,14 @@ class Changes:
             self._waiting -= 1
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Block until `condition()` holds; returns at once if it does."""
-        while not condition():
-            await self.wait()
+        """Block until `condition()` holds; returns at once if it does.
+
+        The waiter counts before the condition is read: a thread that
+        changes the state in between sees it and notifies.
+        """
+        self._waiting += 1
+        try:
+            while not condition():
+                await self._event.wait()
+        finally:
+            self._waiting -= 1

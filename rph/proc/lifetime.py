@@ -55,10 +55,10 @@ async def _run_supervisor(
 async def watch_idle(supervisor: Supervisor, app: OnDemandApp) -> None:
     """Stop `app` `timeout` after its last request; never returns."""
     while True:
+        await supervisor.changes.wait_until(lambda: app.idle_deadline() is not None)
         deadline = app.idle_deadline()
         if deadline is None:
-            await supervisor.changes.wait()
-            continue
+            continue  # leased again, by a lane, since
         # Asleep until the deadline, not woken by every request's end: a
         # later request moves the deadline, which is seen on waking.
         await trio.sleep_until(deadline)

@@ -176,7 +176,8 @@ class Supervisor:
         waiter = Waiter(app, trio.current_time())
         if app.state is State.STARTING:
             waiter.attempt = app.attempt
-        self._queue.append(waiter)
+        with self._lock:
+            self._queue.append(waiter)
         try:
             self._reconcile()
             while not waiter.admitted:
@@ -190,8 +191,11 @@ class Supervisor:
                 self._release(app)
             raise
         finally:
-            if waiter in self._queue:
-                self._queue.remove(waiter)
+            with self._lock:
+                queued = waiter in self._queue
+                if queued:
+                    self._queue.remove(waiter)
+            if queued:
                 self._reconcile()
 
     # -- control --------------------------------------------------------
@@ -336,7 +340,8 @@ class Supervisor:
             for waiter in self._queue:
                 if waiter.attempt is attempt:
                     waiter.error = error
-            self._queue = [w for w in self._queue if w.attempt is not attempt]
+            with self._lock:
+                self._queue = [w for w in self._queue if w.attempt is not attempt]
             attempt.finish(error)
         else:
             app.state = State.READY
