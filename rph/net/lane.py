@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from rph.errors import BackendFailed, RPHError
+from rph.errors import BackendFailed, RequestTimeout, RPHError
 from rph.net import control, fastio, http
 from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import PIPELINE_BUFFER_LIMIT, READ_SIZE, ClientConnection
@@ -159,7 +159,12 @@ class Lane:
     def _serve(self) -> Handback:
         try:
             while (waited := self._wait_for_head()) is Handback.REQUEST:
-                plan = self._plan()
+                try:
+                    plan = self._plan()
+                except RequestTimeout as error:
+                    self._refuse(None, error)
+                    waited = Handback.OVER
+                    break
                 if plan is None:
                     return Handback.REQUEST
                 if not self._answer(*plan):
@@ -229,13 +234,15 @@ class Lane:
         return request, route, endpoint
 
     def _read_body(self, size: int) -> bool:
-        """Whether the buffer holds `size` bytes, read in the body's time."""
-        deadline = time.monotonic() + http.BODY_IDLE_DEADLINE
+        """Whether the buffer holds `size` bytes; False if the client closed
+        first. Raises RequestTimeout if the body pauses as the task would
+        not let it (the 408 ends the connection)."""
         while len(self.conn.buffer) < size:
             if self.conn.eof or self.conn.reset:
                 return False
-            if not self._read_client(deadline - time.monotonic()):
-                return False
+            if not self._read_client(http.BODY_IDLE_DEADLINE):
+                pause = f"{http.BODY_IDLE_DEADLINE:g} s"
+                raise RequestTimeout(f"request body brought no byte for {pause}")
         return True
 
     def _answer(self, request: http.Request, route: Route, endpoint: Endpoint) -> bool:
@@ -256,10 +263,12 @@ class Lane:
         log_exchange(self.conn.peer, request, route, outcome, self.conn.eof, now)
         return outcome.client_keeps
 
-    def _refuse(self, request: http.Request, error: RPHError) -> bool:
+    def _refuse(self, request: http.Request | None, error: RPHError) -> bool:
+        """Answer `error`; True if the connection goes on (None: the request
+        could not be read whole, and the connection ends)."""
         log_refusal(self.conn.peer, request, error)
-        keeps = request.keep_alive
-        head_only = request.method == b"HEAD"
+        keeps = request is not None and request.keep_alive
+        head_only = request is not None and request.method == b"HEAD"
         try:
             self._to_client(error_response(error, not keeps, head_only))
         except ClientAborted:
@@ -293,7 +302,7 @@ class Lane:
             self.upstream = kept
             return kept
         if kept is not None:
-            kept.close_now()  # another app's, or closed by its backend
+            self.pool.keep_at_once(kept)  # another app's: another client's
         self.upstream = self.pool.take_at_once(endpoint) or self._connect(endpoint)
         return self.upstream
 
@@ -456,9 +465,8 @@ class Lane:
         backend = upstream.fast.raw
         while True:
             conn = self.conn
-            watching = not (conn.eof or conn.reset)
-            watching = watching and len(conn.buffer) < PIPELINE_BUFFER_LIMIT
-            ready = self._wait([backend, self._client] if watching else [backend])
+            watched = [backend, self._client] if self._watching() else [backend]
+            ready = self._wait(watched)
             if self._client in ready:
                 self._take_from_client()
                 if conn.reset:
@@ -476,6 +484,8 @@ class Lane:
             self._send(self._client, data)
         except OSError:
             raise ClientAborted from None
+        if self.conn.reset:
+            raise ClientAborted
 
     def _connect(self, endpoint: Endpoint) -> Upstream:
         """A new connection to `endpoint`; BackendFailed if refused."""
@@ -498,14 +508,27 @@ class Lane:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         return Upstream(stream, endpoint)
 
+    def _watching(self) -> bool:
+        """Whether to read the client while it waits for its answer: not
+        once it closed, nor with a full buffer of pipelined requests."""
+        conn = self.conn
+        if conn.eof or conn.reset:
+            return False
+        return len(conn.buffer) < PIPELINE_BUFFER_LIMIT
+
     def _send(self, sink: socket.socket, data: bytes) -> None:
+        # A client that reads its answers only once it has sent all its
+        # pipelined requests is read meanwhile, as the task would.
+        reading = sink is self._client
         with memoryview(data) as view:
             sent = 0
             while sent < len(view):
                 try:
                     sent += sink.send(view[sent:])
                 except BlockingIOError:
-                    self._wait([], writer=sink)
+                    watched = [self._client] if reading and self._watching() else []
+                    if self._client in self._wait(watched, writer=sink):
+                        self._take_from_client()
 
     def _wait(
         self,
@@ -536,17 +559,24 @@ if hasattr(select, "poll"):
         writer: socket.socket | None,
         timeout: float | None,
     ) -> list[socket.socket]:
-        poller = select.poll()
-        by_fd = {}
-        for sock in readers:
-            by_fd[sock.fileno()] = sock
-            poller.register(sock, select.POLLIN)
+        """Wait until a reader is readable or the writer writable; the
+        readable readers (the writer's turn is for its send to find)."""
+        by_fd = {sock.fileno(): sock for sock in readers}
+        masks = dict.fromkeys(by_fd, select.POLLIN)
         if writer is not None:
-            by_fd[writer.fileno()] = writer
-            poller.register(writer, select.POLLOUT)
+            fd = writer.fileno()
+            masks[fd] = masks.get(fd, 0) | select.POLLOUT
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
         milliseconds = None if timeout is None else max(0, int(timeout * 1000))
-        # An error or hang-up counts as ready: the read or write says which.
-        return [by_fd[fd] for fd, _ in poller.poll(milliseconds)]
+        # An error or hang-up counts as readable: the read says which.
+        unwritable = ~select.POLLOUT
+        return [
+            by_fd[fd]
+            for fd, events in poller.poll(milliseconds)
+            if fd in by_fd and events & unwritable
+        ]
 
 else:  # Windows: select() takes sockets, and any number of them
 
@@ -556,7 +586,5 @@ else:  # Windows: select() takes sockets, and any number of them
         timeout: float | None,
     ) -> list[socket.socket]:
         writers = [writer] if writer is not None else []
-        readable, writable, failed = select.select(
-            readers, writers, readers + writers, timeout
-        )
-        return list({*readable, *writable, *failed})
+        readable, _, failed = select.select(readers, writers, readers, timeout)
+        return list({*readable, *failed})
