@@ -49,7 +49,7 @@ from rph.net.heads import error_response, forward_head
 from rph.net.pool import UpstreamPool
 from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome, head_keeps
 from rph.net.router import PortRouter, Route
-from rph.net.upstream import Upstream, UpstreamClosed
+from rph.net.upstream import JOIN_BELOW, Upstream, UpstreamClosed
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
 
@@ -218,7 +218,8 @@ class Lane:
             return None
         if not self._read_body(head_size + length):
             return None
-        request.body = bytes(self.conn.buffer[head_size : head_size + length])
+        with memoryview(self.conn.buffer) as buffered:
+            request.body = bytes(buffered[head_size : head_size + length])
         request.has_body = length_header is not None
         try:
             route = self.router.route(request.path, request.body)
@@ -315,7 +316,11 @@ class Lane:
     ) -> None:
         upstream.uses += 1
         try:
-            self._send(upstream.fast.raw, head + request.body)
+            if len(request.body) < JOIN_BELOW:
+                self._send(upstream.fast.raw, head + request.body)
+            else:
+                self._send(upstream.fast.raw, head)
+                self._send(upstream.fast.raw, request.body)
         except OSError as exc:
             message = f"the backend closed the connection: {exc}"
             raise UpstreamClosed(message) from None
@@ -516,7 +521,7 @@ class Lane:
             return False
         return len(conn.buffer) < PIPELINE_BUFFER_LIMIT
 
-    def _send(self, sink: socket.socket, data: bytes) -> None:
+    def _send(self, sink: socket.socket, data: bytes | bytearray) -> None:
         # A client that reads its answers only once it has sent all its
         # pipelined requests is read meanwhile, as the task would.
         reading = sink is self._client

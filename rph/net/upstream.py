@@ -18,7 +18,7 @@ from rph.proc.readiness import Endpoint
 
 # Below this the head and body go out in one write (one segment on the
 # wire); above it, joining them would copy a large body for nothing.
-_JOIN_BELOW = 64 * 1024
+JOIN_BELOW = 64 * 1024
 
 BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -79,7 +79,7 @@ async def send_request(
     """Send the rebuilt head and the buffered body; raises UpstreamClosed."""
     upstream.uses += 1
     try:
-        if len(body) < _JOIN_BELOW:
+        if len(body) < JOIN_BELOW:
             await upstream.fast.send_all(head + body)
         else:
             await upstream.fast.send_all(head)
