@@ -10,12 +10,21 @@ conflicting app still gets its turn after a stream that a lane relayed
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 import trio
 from scripted import scripted_app
-from support import app, connect, exchange, request, running_rph
+from support import (
+    app,
+    connect,
+    exchange,
+    read_until_eof,
+    request,
+    running_rph,
+    status_of,
+)
 
 from rph.net import http, lane
 from rph.proc.ondemand import State
@@ -133,3 +142,25 @@ async def test_a_connection_silent_past_its_lane_is_still_answered_then_closed(
             # Silent for IDLE_DEADLINE: closed without a word.
             with trio.fail_after(5):
                 assert await sock.receive_some(1024) == b""
+
+
+@pytest.mark.timeout(20)
+async def test_a_body_relayed_as_it_comes_then_stalling_gets_408(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http, "BODY_IDLE_DEADLINE", 0.3)
+    async with running_rph([app()]) as rph:
+        await rph.supervisor.preload("llm")
+        sock = await connect(rph.port)
+        async with sock:
+            # No route reads the body: its first half is already on its way
+            # to the backend when the client stops sending.
+            head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n"
+            await sock.send_all(head + b"x" * 200_000)
+            answer = await read_until_eof(sock)
+        assert status_of(answer) == 408
+        assert b"Connection: close" in answer
+        # The backend's half-read connection was dropped, not reused.
+        body = b"y" * 100_000
+        response = await request(rph.port, "POST", "/echo", body)
+        assert response.json()["body_sha256"] == hashlib.sha256(body).hexdigest()

@@ -64,7 +64,7 @@ def log_exchange(
         request.path,
         route.app.name,
         status,
-        len(request.body),
+        request.body_length,
         sent,
         ttfb,
         now - request.started,

@@ -60,7 +60,7 @@ def forward_head(request: Request, peer: str, scheme: bytes = b"http") -> bytes:
     if upgrade:
         lines.append(b"Connection: upgrade")
     if request.has_body or request.body:
-        lines.append(b"Content-Length: %d" % len(request.body))
+        lines.append(b"Content-Length: %d" % request.body_length)
     lines.append(b"X-Forwarded-For: " + peer.encode())
     lines.append(b"X-Forwarded-Proto: " + scheme)
     if host:

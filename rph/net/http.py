@@ -56,6 +56,8 @@ class Request:
     connection_tokens: frozenset[bytes]
     body: bytes | bytearray = b""
     has_body: bool = False
+    # The length of a body relayed as it arrives, and so not in `body`.
+    streamed: int = 0
     started: float = field(default=0.0)
 
     @property
@@ -68,6 +70,16 @@ class Request:
             if key.lower() == name:
                 return value
         return None
+
+    @property
+    def expects_continue(self) -> bool:
+        """Whether the client waits for a 100 Continue before its body."""
+        expect = (self.header(b"expect") or b"").lower()
+        return b"100-continue" in expect and self.http_version == b"1.1"
+
+    @property
+    def body_length(self) -> int:
+        return self.streamed or len(self.body)
 
     @property
     def keep_alive(self) -> bool:
@@ -120,8 +132,7 @@ async def read_request(
     # RFC 9110 §10.1.1: the client waits for this before sending the body
     # (curl waits a whole second for it on bodies over 1 MB). The backend
     # never sees Expect: the body it gets is already here.
-    expects = b"100-continue" in (request.header(b"expect") or b"").lower()
-    if expects and (chunked or length) and request.http_version == b"1.1":
+    if request.expects_continue and (chunked or length):
         await conn.send(CONTINUE)
 
     if chunked:

@@ -1,7 +1,8 @@
 """Plain requests of a connection, answered by a thread of its own.
 
-Most requests a desktop sends are plain: a small body that arrives with
-its head, for an app that is ready. For those, what RPH adds to the time
+Most requests a desktop sends are plain: for an app that is ready, with a
+body that arrives with its head or, if no route depends on it, as it
+comes. For those, what RPH adds to the time
 of an answer is mostly the run loop itself: each wait for the client or the
 backend is a trip through trio's scheduler, and on a 2-core machine that
 trip costs more than parsing and relaying. A thread that blocks on the two
@@ -10,9 +11,9 @@ requests are answered by one: the lane.
 
 The lane hands the connection back to its task, which reads the same
 request again from the same buffer, as soon as a request is anything else:
-a control endpoint, an app that must start or be waited for, a body that
-is chunked, large or slow to come, an upgrade, an `Expect`, a head that is
-incomplete or malformed, a route that does not exist. Whatever the task
+a control endpoint, an app that must start or be waited for, a chunked
+body, a body over 1 MiB that a route depends on, an upgrade, a head that
+is incomplete or malformed, a route that does not exist. Whatever the task
 answers (errors, waits, starts) is thus answered by one piece of code.
 
 While it waits for an answer, the lane watches the client as the task
@@ -64,8 +65,13 @@ LANE_THREADS = 16
 # browser's, a front-end's) hold no thread.
 LANE_IDLE = 1.0
 
-# A body up to this size is read by the lane; a larger one by the task,
-# which reads it in place.
+# A body this large goes on to the backend as it arrives, where no route
+# depends on it: it is not held whole, and the backend starts reading at
+# once. A smaller one is held, so that it can go again on a new connection.
+STREAM_FROM = 64 * 1024
+
+# A body that a route may depend on is read whole by the lane up to this
+# size; a larger one by the task, which reads it in place.
 LANE_BODY_LIMIT = 1024 * 1024
 
 _limiter_of_run: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
@@ -210,17 +216,23 @@ class Lane:
         request, head_size = parsed
         if control.is_control(request.path) or request.wants_upgrade:
             return None
-        if request.header(b"expect") or request.header(b"transfer-encoding"):
+        if request.header(b"transfer-encoding"):
             return None
         length_header = request.header(b"content-length")
         length = int(length_header) if length_header is not None else 0
-        if length > min(LANE_BODY_LIMIT, self.router.body_limit(request.path)):
-            return None
-        if not self._read_body(head_size + length):
-            return None
-        with memoryview(self.conn.buffer) as buffered:
-            request.body = bytes(buffered[head_size : head_size + length])
         request.has_body = length_header is not None
+        if length > self.router.body_limit(request.path):
+            return None  # the task answers 413 before the body comes
+        streams = length >= STREAM_FROM and not self.router.reads_body(request.path)
+        if streams:
+            request.streamed = length  # relayed as it comes (_stream_body)
+        elif request.header(b"expect") or length > LANE_BODY_LIMIT:
+            return None
+        elif self._read_body(head_size + length):
+            with memoryview(self.conn.buffer) as buffered:
+                request.body = bytes(buffered[head_size : head_size + length])
+        else:
+            return None
         try:
             route = self.router.route(request.path, request.body)
         except RPHError:
@@ -230,7 +242,7 @@ class Lane:
         endpoint = self.supervisor.lease_at_once(route.app.name)
         if endpoint is None:
             return None
-        del self.conn.buffer[: head_size + length]
+        del self.conn.buffer[: head_size + len(request.body)]
         request.started = self._clock.current_time()
         return request, route, endpoint
 
@@ -242,8 +254,7 @@ class Lane:
             if self.conn.eof or self.conn.reset:
                 return False
             if not self._read_client(http.BODY_IDLE_DEADLINE):
-                pause = f"{http.BODY_IDLE_DEADLINE:g} s"
-                raise RequestTimeout(f"request body brought no byte for {pause}")
+                raise _body_stalled()
         return True
 
     def _answer(self, request: http.Request, route: Route, endpoint: Endpoint) -> bool:
@@ -255,6 +266,8 @@ class Lane:
             if not outcome.head_sent:
                 return self._refuse(request, error)
             outcome.client_keeps = False  # no second response after the first
+        except RequestTimeout as error:
+            return self._refuse(None, error)  # a body that stalled halfway
         except ClientAborted:
             outcome.aborted = True
             outcome.client_keeps = False
@@ -286,8 +299,10 @@ class Lane:
                 self._send_and_relay(upstream, head, request, outcome)
             except UpstreamClosed:
                 # A kept connection that the backend closed just as it was
-                # reused: the request never reached it, and goes again.
-                if upstream.uses == 1 or upstream.half_closed or outcome.status:
+                # reused: the request never reached it, and goes again
+                # (unless its body went on as it came, and is gone).
+                resent = upstream.uses > 1 and not request.streamed
+                if not resent or upstream.half_closed or outcome.status:
                     raise
                 upstream.close_now()
                 upstream = self.upstream = self._connect(endpoint)
@@ -315,12 +330,17 @@ class Lane:
         outcome: Outcome,
     ) -> None:
         upstream.uses += 1
+        backend = upstream.fast.raw
         try:
             if len(request.body) < JOIN_BELOW:
-                self._send(upstream.fast.raw, head + request.body)
+                self._send(backend, head + request.body)
             else:
-                self._send(upstream.fast.raw, head)
-                self._send(upstream.fast.raw, request.body)
+                self._send(backend, head)
+                self._send(backend, request.body)
+            if request.streamed:
+                if request.expects_continue:
+                    self._to_client(http.CONTINUE)
+                self._stream_body(backend, request.streamed)
         except OSError as exc:
             message = f"the backend closed the connection: {exc}"
             raise UpstreamClosed(message) from None
@@ -351,6 +371,37 @@ class Lane:
         outcome.upstream_reusable = reusable and not upstream.half_closed
         if not complete:
             outcome.client_keeps = False
+
+    def _stream_body(self, backend: socket.socket, length: int) -> None:
+        """Relay a body of `length` from the client as it comes.
+
+        Raises ClientAborted if the client leaves before its end, and
+        RequestTimeout if it stalls.
+        """
+        buffer = self.conn.buffer
+        while length:
+            if not buffer and length >= SPLICE_FROM:
+                # A large rest goes from socket to socket inside the kernel.
+                try:
+                    moved = self._splice(
+                        self._client, backend, length, http.BODY_IDLE_DEADLINE
+                    )
+                except fastio.SinkBroken as exc:
+                    raise OSError(str(exc)) from None
+                if moved < length:
+                    raise ClientAborted  # the client left before its end
+                return
+            if not buffer:
+                if self.conn.eof or self.conn.reset:
+                    raise ClientAborted
+                if not self._read_client(http.BODY_IDLE_DEADLINE):
+                    raise _body_stalled()
+                continue
+            piece = min(len(buffer), length)
+            with memoryview(buffer) as buffered:
+                self._send(backend, buffered[:piece])
+            del buffer[:piece]
+            length -= piece
 
     def _read_response_head(self, upstream: Upstream, method: bytes) -> ResponseHead:
         buffer = upstream.buffer
@@ -419,23 +470,36 @@ class Lane:
             outcome.bytes_down = body.relayed
 
     def _splice_to_client(self, upstream: Upstream, length: int) -> int:
-        """fastio.splice, driven by this thread; it does not watch the
-        client, whose reset fails the splice anyway."""
-        source, sink = upstream.fast.raw, self._client
+        """Splice a body to the client; the client is not watched, but its
+        reset fails the splice."""
+        try:
+            return self._splice(upstream.fast.raw, self._client, length)
+        except fastio.SinkBroken:
+            raise ClientAborted from None
+
+    def _splice(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        length: int,
+        stalled_after: float | None = None,
+    ) -> int:
+        """fastio.splice, driven by this thread. Raises RequestTimeout if
+        `source`, a client sending its body, brings nothing for
+        `stalled_after` seconds."""
         steps = fastio.splice_steps(source, sink, length)
         try:
             wait = next(steps)
             while True:
                 if wait is fastio.WAIT_READABLE:
-                    self._wait([source])
+                    if not self._wait([source], stalled_after):
+                        raise _body_stalled()
                 elif wait is fastio.WAIT_WRITABLE:
                     self._wait([], writer=sink)
                 wait = steps.send(None)
         except StopIteration as done:
             moved: int = done.value
             return moved
-        except fastio.SinkBroken:
-            raise ClientAborted from None
         finally:
             steps.close()
 
@@ -521,7 +585,7 @@ class Lane:
             return False
         return len(conn.buffer) < PIPELINE_BUFFER_LIMIT
 
-    def _send(self, sink: socket.socket, data: bytes | bytearray) -> None:
+    def _send(self, sink: socket.socket, data: bytes | bytearray | memoryview) -> None:
         # A client that reads its answers only once it has sent all its
         # pipelined requests is read meanwhile, as the task would.
         reading = sink is self._client
@@ -547,6 +611,11 @@ class Lane:
         if self._stop in ready:
             raise _Stopped
         return ready
+
+
+def _body_stalled() -> RequestTimeout:
+    pause = f"{http.BODY_IDLE_DEADLINE:g} s"
+    return RequestTimeout(f"request body brought no byte for {pause}")
 
 
 def _half_close(upstream: Upstream) -> None:

@@ -66,6 +66,10 @@ class PortRouter:
         candidates = self._candidates(path)
         return max((app.max_body for app in candidates), default=NO_APP_BODY_LIMIT)
 
+    def reads_body(self, path: str) -> bool:
+        """Whether the route of `path` may depend on the request's body."""
+        return any(app.body_regex is not None for app in self._candidates(path))
+
     def route(self, path: str, body: bytes | bytearray) -> Route:
         """The route for a request; raises NoRoute (404)."""
         candidates = self._candidates(path)
