@@ -84,6 +84,37 @@ def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
     return match.end() if match else -1
 
 
+class HeadGatherer:
+    """A response head gathered in a buffer as its pieces arrive.
+
+    No I/O: the relay in a task and the lane in a thread each read the
+    pieces their own way, add them to the buffer and ask again.
+    """
+
+    def __init__(self, buffer: bytearray, method: bytes) -> None:
+        self.buffer = buffer
+        self._method = method
+        self._searched = 0  # what was searched before holds no end
+
+    def __repr__(self) -> str:
+        return f"<HeadGatherer buffered={len(self.buffer)}>"
+
+    def head(self) -> ResponseHead | None:
+        """The head, taken from the buffer, once whole; else None.
+
+        Raises BackendFailed (502) for a head too large or malformed.
+        """
+        end = find_head_end(self.buffer, self._searched)
+        if end < 0:
+            if len(self.buffer) > RESPONSE_HEAD_LIMIT:
+                raise BackendFailed("the backend's response head is too large")
+            self._searched = max(0, len(self.buffer) - 3)
+            return None
+        raw = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        return parse_response_head(raw, self._method)
+
+
 def parse_response_head(raw: bytes, method: bytes) -> ResponseHead:
     """Parse a complete response head; raises BackendFailed (502)."""
     lines = raw.rstrip(b"\r\n").split(b"\n")

@@ -38,19 +38,18 @@ from rph.errors import BackendFailed, RequestTimeout, RPHError
 from rph.net import control, fastio, http
 from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import PIPELINE_BUFFER_LIMIT, READ_SIZE, ClientConnection
-from rph.net.framing import (
-    RESPONSE_HEAD_LIMIT,
-    BodyEnd,
-    Framing,
-    ResponseHead,
-    find_head_end,
-    parse_response_head,
-)
+from rph.net.framing import BodyEnd, Framing, HeadGatherer, ResponseHead
 from rph.net.heads import error_response, forward_head
 from rph.net.pool import UpstreamPool
 from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome, head_keeps
 from rph.net.router import PortRouter, Route
-from rph.net.upstream import JOIN_BELOW, Upstream, UpstreamClosed
+from rph.net.threadlimit import ThreadLimit
+from rph.net.upstream import (
+    JOIN_BELOW,
+    Upstream,
+    UpstreamClosed,
+    ended_before_answer,
+)
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
 
@@ -74,9 +73,7 @@ STREAM_FROM = 64 * 1024
 # size; a larger one by the task, which reads it in place.
 LANE_BODY_LIMIT = 1024 * 1024
 
-_limiter_of_run: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
-    "lane_limiter"
-)
+_threads = ThreadLimit("lanes", lambda: LANE_THREADS)
 
 
 # What a non-blocking connect says while the handshake goes on.
@@ -120,16 +117,7 @@ class StopSocket:
 
 def has_room() -> bool:
     """Whether a lane is free for one more connection."""
-    return _limiter().available_tokens > 0
-
-
-def _limiter() -> trio.CapacityLimiter:
-    try:
-        return _limiter_of_run.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(LANE_THREADS)
-        _limiter_of_run.set(limiter)
-        return limiter
+    return _threads.has_room()
 
 
 class Lane:
@@ -157,7 +145,7 @@ class Lane:
         # Not abandoned on cancel: the thread owns both sockets until it
         # returns, and the port's stop socket makes it return at once.
         return await trio.to_thread.run_sync(
-            self._serve, abandon_on_cancel=False, limiter=_limiter()
+            self._serve, abandon_on_cancel=False, limiter=_threads.limiter
         )
 
     # -- the thread -------------------------------------------------------
@@ -404,24 +392,18 @@ class Lane:
             length -= piece
 
     def _read_response_head(self, upstream: Upstream, method: bytes) -> ResponseHead:
-        buffer = upstream.buffer
-        searched = 0
-        while (end := find_head_end(buffer, searched)) < 0:
-            if len(buffer) > RESPONSE_HEAD_LIMIT:
-                raise BackendFailed("the backend's response head is too large")
-            searched = max(0, len(buffer) - 3)
+        gatherer = HeadGatherer(upstream.buffer, method)
+        while (head := gatherer.head()) is None:
             try:
                 data = self._from_backend(upstream)
             except OSError as exc:
-                failure = BackendFailed if buffer else UpstreamClosed
-                raise failure(f"the backend reset the connection: {exc}") from None
+                what = f"the backend reset the connection: {exc}"
+                raise ended_before_answer(upstream, what) from None
             if not data:
-                message = "the backend closed the connection without answering"
-                raise BackendFailed(message) if buffer else UpstreamClosed(message)
-            buffer += data
-        raw = bytes(buffer[:end])
-        del buffer[:end]
-        return parse_response_head(raw, method)
+                what = "the backend closed the connection without answering"
+                raise ended_before_answer(upstream, what)
+            upstream.buffer += data
+        return head
 
     def _relay_body(
         self,

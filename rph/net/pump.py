@@ -25,6 +25,7 @@ import trio
 
 from rph.net.fastio import BACKEND_READ, SinkBroken
 from rph.net.framing import BodyEnd
+from rph.net.threadlimit import ThreadLimit
 
 # Streams relayed by threads at once; the ones beyond go on in their tasks.
 # Each thread needs the interpreter for every token it passes on: with
@@ -33,9 +34,7 @@ from rph.net.framing import BodyEnd
 # A desktop mostly streams one answer at a time.
 MAX_THREADS = 2
 
-_limiter_of_run: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
-    "pump_limiter"
-)
+_threads = ThreadLimit("relay threads", lambda: MAX_THREADS)
 
 
 class _Stopped(Exception):
@@ -44,7 +43,7 @@ class _Stopped(Exception):
 
 def has_room() -> bool:
     """Whether a thread is free for one more stream."""
-    return _limiter().available_tokens > 0
+    return _threads.has_room()
 
 
 async def relay_rest(
@@ -73,7 +72,7 @@ async def relay_rest(
                     body,
                     stop_reader,
                     abandon_on_cancel=False,
-                    limiter=_limiter(),
+                    limiter=_threads.limiter,
                 )
             except SinkBroken as exc:
                 broken = exc  # raised from inside, it would come in a group
@@ -84,15 +83,6 @@ async def relay_rest(
     if broken is not None:
         raise broken
     return ended
-
-
-def _limiter() -> trio.CapacityLimiter:
-    try:
-        return _limiter_of_run.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(MAX_THREADS)
-        _limiter_of_run.set(limiter)
-        return limiter
 
 
 async def _stop_when_cancelled(stop_writer: socket.socket) -> None:

@@ -20,16 +20,9 @@ import trio
 from rph.errors import BackendFailed
 from rph.net import fastio, pump
 from rph.net.client import ClientConnection, ClientGone
-from rph.net.framing import (
-    RESPONSE_HEAD_LIMIT,
-    BodyEnd,
-    Framing,
-    ResponseHead,
-    find_head_end,
-    parse_response_head,
-)
+from rph.net.framing import BodyEnd, Framing, HeadGatherer, ResponseHead
 from rph.net.http import Request
-from rph.net.upstream import BROKEN, Upstream, UpstreamClosed
+from rph.net.upstream import BROKEN, Upstream, ended_before_answer
 
 # A body with this much left to relay goes from socket to socket inside the
 # kernel where it can (Linux): a large download is not copied through RPH.
@@ -101,27 +94,18 @@ def head_keeps(head: ResponseHead) -> bool:
 
 
 async def _read_head(upstream: Upstream, method: bytes) -> ResponseHead:
-    buffer = upstream.buffer
-    searched = 0
-    while (end := find_head_end(buffer, searched)) < 0:
-        if len(buffer) > RESPONSE_HEAD_LIMIT:
-            raise BackendFailed("the backend's response head is too large")
-        searched = max(0, len(buffer) - 3)
+    gatherer = HeadGatherer(upstream.buffer, method)
+    while (head := gatherer.head()) is None:
         try:
             data = await upstream.fast.receive(fastio.BACKEND_READ)
         except BROKEN as exc:
-            if buffer:
-                raise BackendFailed(
-                    f"the backend reset the connection: {exc}"
-                ) from None
-            raise UpstreamClosed(f"the backend reset the connection: {exc}") from None
+            what = f"the backend reset the connection: {exc}"
+            raise ended_before_answer(upstream, what) from None
         if not data:
-            message = "the backend closed the connection without answering"
-            raise BackendFailed(message) if buffer else UpstreamClosed(message)
-        buffer += data
-    raw = bytes(buffer[:end])
-    del buffer[:end]
-    return parse_response_head(raw, method)
+            what = "the backend closed the connection without answering"
+            raise ended_before_answer(upstream, what)
+        upstream.buffer += data
+    return head
 
 
 async def _relay_body(

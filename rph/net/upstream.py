@@ -31,6 +31,14 @@ class UpstreamClosed(BackendFailed):
     """
 
 
+def ended_before_answer(upstream: Upstream, what: str) -> BackendFailed:
+    """The error for a backend that closed or reset (`what`) before its
+    response head was whole: UpstreamClosed if it sent nothing at all."""
+    if upstream.buffer:
+        return BackendFailed(what)
+    return UpstreamClosed(what)
+
+
 class Upstream:
     """A connection to one start of a backend, reusable between requests."""
 
