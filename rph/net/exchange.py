@@ -25,11 +25,12 @@ from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.heads import error_response, forward_head, json_response
 from rph.net.http import Request, read_request
-from rph.net.lane import Handback, Lane, StopSocket
+from rph.net.lane import Handback, Lane
 from rph.net.pool import UpstreamPool
 from rph.net.relay import ClientAborted, Outcome, relay_response, tunnel
 from rph.net.router import PortRouter, Route
 from rph.net.upstream import Upstream, UpstreamClosed, open_upstream, send_request
+from rph.net.waits import StopSocket
 from rph.net.watch import ClientWatch
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor

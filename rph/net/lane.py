@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
-import os
-import select
 import socket
 import time
 
@@ -50,6 +47,7 @@ from rph.net.upstream import (
     UpstreamClosed,
     ended_before_answer,
 )
+from rph.net.waits import Stalled, Stopped, StopSocket
 from rph.proc.readiness import Endpoint
 from rph.proc.supervisor import Supervisor
 
@@ -76,43 +74,12 @@ LANE_BODY_LIMIT = 1024 * 1024
 _threads = ThreadLimit("lanes", lambda: LANE_THREADS)
 
 
-# What a non-blocking connect says while the handshake goes on.
-_CONNECTING = {
-    errno.EINPROGRESS,
-    errno.EWOULDBLOCK,
-    errno.EAGAIN,
-    getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK),
-}
-
-
 class Handback(enum.Enum):
     """Why a lane gave its connection back to the task."""
 
     REQUEST = "a request that is not plain"
     IDLE = "no request for LANE_IDLE"
     OVER = "the connection is over, or the port stopped serving"
-
-
-class _Stopped(Exception):
-    """The port stopped serving: the lane lets go at once."""
-
-
-class StopSocket:
-    """Written once when a port stops serving; every lane of it waits on it."""
-
-    def __init__(self) -> None:
-        self.reader, self._writer = socket.socketpair()
-
-    async def stop_when_cancelled(self) -> None:
-        """Sleep; write the stop once cancelled (the port stops serving)."""
-        try:
-            await trio.sleep_forever()
-        finally:
-            self._writer.send(b"!")
-
-    def close(self) -> None:
-        self.reader.close()
-        self._writer.close()
 
 
 def has_room() -> bool:
@@ -137,7 +104,7 @@ class Lane:
         self.pool = pool
         self.upstream: Upstream | None = None  # kept between requests
         self._client = conn.fast.raw
-        self._stop = stop.reader
+        self._stop = stop
         self._clock = trio.lowlevel.current_clock()
 
     async def run(self) -> Handback:
@@ -164,7 +131,7 @@ class Lane:
                 if not self._answer(*plan):
                     waited = Handback.OVER
                     break
-        except _Stopped:
+        except Stopped:
             return Handback.OVER
         if waited is Handback.OVER and self.upstream is not None:
             # Its backend connection goes back to the pool at once, for the
@@ -371,11 +338,13 @@ class Lane:
             if not buffer and length >= SPLICE_FROM:
                 # A large rest goes from socket to socket inside the kernel.
                 try:
-                    moved = self._splice(
+                    moved = self._stop.splice(
                         self._client, backend, length, http.BODY_IDLE_DEADLINE
                     )
                 except fastio.SinkBroken as exc:
                     raise OSError(str(exc)) from None
+                except Stalled:
+                    raise _body_stalled() from None
                 if moved < length:
                     raise ClientAborted  # the client left before its end
                 return
@@ -455,35 +424,9 @@ class Lane:
         """Splice a body to the client; the client is not watched, but its
         reset fails the splice."""
         try:
-            return self._splice(upstream.fast.raw, self._client, length)
+            return self._stop.splice(upstream.fast.raw, self._client, length)
         except fastio.SinkBroken:
             raise ClientAborted from None
-
-    def _splice(
-        self,
-        source: socket.socket,
-        sink: socket.socket,
-        length: int,
-        stalled_after: float | None = None,
-    ) -> int:
-        """fastio.splice, driven by this thread. Raises RequestTimeout if
-        `source`, a client sending its body, brings nothing for
-        `stalled_after` seconds."""
-        steps = fastio.splice_steps(source, sink, length)
-        try:
-            wait = next(steps)
-            while True:
-                if wait is fastio.WAIT_READABLE:
-                    if not self._wait([source], stalled_after):
-                        raise _body_stalled()
-                elif wait is fastio.WAIT_WRITABLE:
-                    self._wait([], writer=sink)
-                wait = steps.send(None)
-        except StopIteration as done:
-            moved: int = done.value
-            return moved
-        finally:
-            steps.close()
 
     # -- waiting on sockets -------------------------------------------------
 
@@ -541,21 +484,9 @@ class Lane:
     def _connect(self, endpoint: Endpoint) -> Upstream:
         """A new connection to `endpoint`; BackendFailed if refused."""
         try:
-            sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
-        except OSError as exc:  # out of descriptors, say
-            raise BackendFailed(f"no connection to the backend: {exc}") from None
-        sock.setblocking(False)
-        try:
-            error = sock.connect_ex(endpoint.address)
-            if error in _CONNECTING:
-                self._wait([], writer=sock)
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                message = f"the backend refused the connection: {os.strerror(error)}"
-                raise BackendFailed(message)
-        except BaseException:
-            sock.close()
-            raise
+            sock = self._stop.connect(endpoint.family, endpoint.address)
+        except OSError as exc:
+            raise BackendFailed(f"the backend refused the connection: {exc}") from None
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         return Upstream(stream, endpoint)
 
@@ -587,12 +518,7 @@ class Lane:
         timeout: float | None = None,
         writer: socket.socket | None = None,
     ) -> list[socket.socket]:
-        """The sockets of `readers` (and `writer`) that are ready; [] on
-        timeout. Raises _Stopped once the port stops serving."""
-        ready = _ready([*readers, self._stop], writer, timeout)
-        if self._stop in ready:
-            raise _Stopped
-        return ready
+        return self._stop.wait(readers, timeout, writer)
 
 
 def _body_stalled() -> RequestTimeout:
@@ -606,41 +532,3 @@ def _half_close(upstream: Upstream) -> None:
         upstream.half_closed = True
         with contextlib.suppress(OSError):
             upstream.fast.raw.shutdown(socket.SHUT_WR)
-
-
-if hasattr(select, "poll"):
-
-    def _ready(
-        readers: list[socket.socket],
-        writer: socket.socket | None,
-        timeout: float | None,
-    ) -> list[socket.socket]:
-        """Wait until a reader is readable or the writer writable; the
-        readable readers (the writer's turn is for its send to find)."""
-        by_fd = {sock.fileno(): sock for sock in readers}
-        masks = dict.fromkeys(by_fd, select.POLLIN)
-        if writer is not None:
-            fd = writer.fileno()
-            masks[fd] = masks.get(fd, 0) | select.POLLOUT
-        poller = select.poll()
-        for fd, mask in masks.items():
-            poller.register(fd, mask)
-        milliseconds = None if timeout is None else max(0, int(timeout * 1000))
-        # An error or hang-up counts as readable: the read says which.
-        unwritable = ~select.POLLOUT
-        return [
-            by_fd[fd]
-            for fd, events in poller.poll(milliseconds)
-            if fd in by_fd and events & unwritable
-        ]
-
-else:  # Windows: select() takes sockets, and any number of them
-
-    def _ready(
-        readers: list[socket.socket],
-        writer: socket.socket | None,
-        timeout: float | None,
-    ) -> list[socket.socket]:
-        writers = [writer] if writer is not None else []
-        readable, _, failed = select.select(readers, writers, readers, timeout)
-        return list({*readable, *failed})

@@ -13,9 +13,9 @@ import trio
 from rph.hosts import bracketed, is_loopback_name
 from rph.net.client import ClientConnection
 from rph.net.exchange import Exchange
-from rph.net.lane import StopSocket
 from rph.net.pool import UpstreamPool
 from rph.net.router import PortRouter
+from rph.net.waits import StopSocket
 from rph.proc.supervisor import Supervisor
 
 log = logging.getLogger("rph.net")
