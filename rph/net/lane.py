@@ -18,13 +18,13 @@ answers (errors, waits, starts) is thus answered by one piece of code.
 
 While it waits for an answer, the lane watches the client as the task
 does (net/watch): bytes are the next request, an EOF is passed on to the
-backend as a half-close, a reset ends the exchange at once. Every wait also
-watches the port's stop socket, which RPH writes when it stops serving.
+backend as a half-close, a reset ends the exchange at once. Its socket
+calls and waits are in net/laneio; every wait also watches the port's
+stop socket, which RPH writes when it stops serving.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import socket
 import time
@@ -32,11 +32,12 @@ import time
 import trio
 
 from rph.errors import BackendFailed, RequestTimeout, RPHError
-from rph.net import control, fastio, http
+from rph.net import control, http
 from rph.net.accesslog import log_exchange, log_refusal
-from rph.net.client import PIPELINE_BUFFER_LIMIT, READ_SIZE, ClientConnection
+from rph.net.client import ClientConnection
 from rph.net.framing import BodyEnd, Framing, HeadGatherer, ResponseHead
 from rph.net.heads import error_response, forward_head
+from rph.net.laneio import LaneIO, half_close
 from rph.net.pool import UpstreamPool
 from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome, head_keeps
 from rph.net.router import PortRouter, Route
@@ -103,8 +104,7 @@ class Lane:
         self.supervisor = supervisor
         self.pool = pool
         self.upstream: Upstream | None = None  # kept between requests
-        self._client = conn.fast.raw
-        self._stop = stop
+        self.io = LaneIO(conn, stop)
         self._clock = trio.lowlevel.current_clock()
 
     async def run(self) -> Handback:
@@ -155,7 +155,7 @@ class Lane:
                 return Handback.REQUEST
             if self.conn.eof or self.conn.reset:
                 return Handback.OVER
-            if not self._read_client(deadline - time.monotonic()):
+            if not self.io.read_client(deadline - time.monotonic()):
                 idle_over = for_lane == http.IDLE_DEADLINE
                 return Handback.OVER if idle_over else Handback.IDLE
 
@@ -208,7 +208,7 @@ class Lane:
         while len(self.conn.buffer) < size:
             if self.conn.eof or self.conn.reset:
                 return False
-            if not self._read_client(http.BODY_IDLE_DEADLINE):
+            if not self.io.read_client(http.BODY_IDLE_DEADLINE):
                 raise _body_stalled()
         return True
 
@@ -239,7 +239,7 @@ class Lane:
         keeps = request is not None and request.keep_alive
         head_only = request is not None and request.method == b"HEAD"
         try:
-            self._to_client(error_response(error, not keeps, head_only))
+            self.io.to_client(error_response(error, not keeps, head_only))
         except ClientAborted:
             return False
         return keeps
@@ -260,7 +260,7 @@ class Lane:
                 if not resent or upstream.half_closed or outcome.status:
                     raise
                 upstream.close_now()
-                upstream = self.upstream = self._connect(endpoint)
+                upstream = self.upstream = self.io.connect(endpoint)
                 self._send_and_relay(upstream, head, request, outcome)
         finally:
             if not outcome.upstream_reusable:
@@ -274,7 +274,7 @@ class Lane:
             return kept
         if kept is not None:
             self.pool.keep_at_once(kept)  # another app's: another client's
-        self.upstream = self.pool.take_at_once(endpoint) or self._connect(endpoint)
+        self.upstream = self.pool.take_at_once(endpoint) or self.io.connect(endpoint)
         return self.upstream
 
     def _send_and_relay(
@@ -288,19 +288,19 @@ class Lane:
         backend = upstream.fast.raw
         try:
             if len(request.body) < JOIN_BELOW:
-                self._send(backend, head + request.body)
+                self.io.send(backend, head + request.body)
             else:
-                self._send(backend, head)
-                self._send(backend, request.body)
+                self.io.send(backend, head)
+                self.io.send(backend, request.body)
             if request.streamed:
                 if request.expects_continue:
-                    self._to_client(http.CONTINUE)
+                    self.io.to_client(http.CONTINUE)
                 self._stream_body(backend, request.streamed)
         except OSError as exc:
             message = f"the backend closed the connection: {exc}"
             raise UpstreamClosed(message) from None
         if self.conn.eof:
-            _half_close(upstream)
+            half_close(upstream)
 
         while True:
             response = self._read_response_head(upstream, request.method)
@@ -311,7 +311,7 @@ class Lane:
                 break
             # As the task does: no 1xx to HTTP/1.0, no second 100 Continue.
             if response.status != 100 and request.http_version == b"1.1":
-                self._to_client(response.raw)
+                self.io.to_client(response.raw)
         if response.framing is Framing.TUNNEL:
             # Only an upgrade request may be answered so (RFC 9110 §15.2.2),
             # and upgrades go to the task.
@@ -338,11 +338,7 @@ class Lane:
             if not buffer and length >= SPLICE_FROM:
                 # A large rest goes from socket to socket inside the kernel.
                 try:
-                    moved = self._stop.splice(
-                        self._client, backend, length, http.BODY_IDLE_DEADLINE
-                    )
-                except fastio.SinkBroken as exc:
-                    raise OSError(str(exc)) from None
+                    moved = self.io.splice_from_client(backend, length)
                 except Stalled:
                     raise _body_stalled() from None
                 if moved < length:
@@ -351,12 +347,12 @@ class Lane:
             if not buffer:
                 if self.conn.eof or self.conn.reset:
                     raise ClientAborted
-                if not self._read_client(http.BODY_IDLE_DEADLINE):
+                if not self.io.read_client(http.BODY_IDLE_DEADLINE):
                     raise _body_stalled()
                 continue
             piece = min(len(buffer), length)
             with memoryview(buffer) as buffered:
-                self._send(backend, buffered[:piece])
+                self.io.send(backend, buffered[:piece])
             del buffer[:piece]
             length -= piece
 
@@ -364,7 +360,7 @@ class Lane:
         gatherer = HeadGatherer(upstream.buffer, method)
         while (head := gatherer.head()) is None:
             try:
-                data = self._from_backend(upstream)
+                data = self.io.from_backend(upstream)
             except OSError as exc:
                 what = f"the backend reset the connection: {exc}"
                 raise ended_before_answer(upstream, what) from None
@@ -386,7 +382,7 @@ class Lane:
         upstream.buffer.clear()
         if response.framing is Framing.NONE:
             outcome.head_sent = True
-            self._to_client(raw_head)
+            self.io.to_client(raw_head)
             return True, not data
 
         body = BodyEnd(response)
@@ -401,18 +397,18 @@ class Lane:
                     return False, False
                 if not outcome.head_sent:
                     outcome.head_sent = True
-                    self._to_client(raw_head + data)
+                    self.io.to_client(raw_head + data)
                 elif data:
-                    self._to_client(data)
+                    self.io.to_client(data)
                 body.relayed += len(data)
                 if ended:
                     return True, clean
                 if body.framing is Framing.LENGTH and body.remaining >= SPLICE_FROM:
-                    moved = self._splice_to_client(upstream, body.remaining)
+                    moved = self.io.splice_to_client(upstream, body.remaining)
                     body.relayed += moved
                     return moved == body.remaining, True
                 try:
-                    data = self._from_backend(upstream)
+                    data = self.io.from_backend(upstream)
                 except OSError:
                     return False, False
                 if not data:
@@ -420,115 +416,7 @@ class Lane:
         finally:
             outcome.bytes_down = body.relayed
 
-    def _splice_to_client(self, upstream: Upstream, length: int) -> int:
-        """Splice a body to the client; the client is not watched, but its
-        reset fails the splice."""
-        try:
-            return self._stop.splice(upstream.fast.raw, self._client, length)
-        except fastio.SinkBroken:
-            raise ClientAborted from None
-
-    # -- waiting on sockets -------------------------------------------------
-
-    def _read_client(self, timeout: float) -> bool:
-        """Read what the client sent into the buffer; False on silence."""
-        if timeout <= 0 or self._client not in self._wait([self._client], timeout):
-            return False
-        self._take_from_client()
-        return True
-
-    def _take_from_client(self) -> None:
-        try:
-            data = self._client.recv(READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.conn.reset = True
-            return
-        if data:
-            self.conn.buffer += data
-        else:
-            self.conn.eof = True
-
-    def _from_backend(self, upstream: Upstream) -> bytes:
-        """The backend's next bytes, b"" at EOF, watching the client meanwhile.
-
-        Raises OSError if the backend broke, ClientAborted if the client
-        left.
-        """
-        backend = upstream.fast.raw
-        while True:
-            conn = self.conn
-            watched = [backend, self._client] if self._watching() else [backend]
-            ready = self._wait(watched)
-            if self._client in ready:
-                self._take_from_client()
-                if conn.reset:
-                    raise ClientAborted
-                if conn.eof:
-                    _half_close(upstream)
-            if backend in ready:
-                try:
-                    return backend.recv(fastio.BACKEND_READ)
-                except BlockingIOError:
-                    continue
-
-    def _to_client(self, data: bytes) -> None:
-        try:
-            self._send(self._client, data)
-        except OSError:
-            raise ClientAborted from None
-        if self.conn.reset:
-            raise ClientAborted
-
-    def _connect(self, endpoint: Endpoint) -> Upstream:
-        """A new connection to `endpoint`; BackendFailed if refused."""
-        try:
-            sock = self._stop.connect(endpoint.family, endpoint.address)
-        except OSError as exc:
-            raise BackendFailed(f"the backend refused the connection: {exc}") from None
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        return Upstream(stream, endpoint)
-
-    def _watching(self) -> bool:
-        """Whether to read the client while it waits for its answer: not
-        once it closed, nor with a full buffer of pipelined requests."""
-        conn = self.conn
-        if conn.eof or conn.reset:
-            return False
-        return len(conn.buffer) < PIPELINE_BUFFER_LIMIT
-
-    def _send(self, sink: socket.socket, data: bytes | bytearray | memoryview) -> None:
-        # A client that reads its answers only once it has sent all its
-        # pipelined requests is read meanwhile, as the task would.
-        reading = sink is self._client
-        with memoryview(data) as view:
-            sent = 0
-            while sent < len(view):
-                try:
-                    sent += sink.send(view[sent:])
-                except BlockingIOError:
-                    watched = [self._client] if reading and self._watching() else []
-                    if self._client in self._wait(watched, writer=sink):
-                        self._take_from_client()
-
-    def _wait(
-        self,
-        readers: list[socket.socket],
-        timeout: float | None = None,
-        writer: socket.socket | None = None,
-    ) -> list[socket.socket]:
-        return self._stop.wait(readers, timeout, writer)
-
 
 def _body_stalled() -> RequestTimeout:
     pause = f"{http.BODY_IDLE_DEADLINE:g} s"
     return RequestTimeout(f"request body brought no byte for {pause}")
-
-
-def _half_close(upstream: Upstream) -> None:
-    """Pass the client's half-close on: the backend reads EOF."""
-    if not upstream.half_closed:
-        upstream.half_closed = True
-        with contextlib.suppress(OSError):
-            upstream.fast.raw.shutdown(socket.SHUT_WR)
