@@ -35,18 +35,17 @@ from rph.errors import BackendFailed, RequestTimeout, RPHError
 from rph.net import control, http
 from rph.net.accesslog import log_exchange, log_refusal
 from rph.net.client import ClientConnection
-from rph.net.framing import BodyEnd, Framing, HeadGatherer, ResponseHead
 from rph.net.heads import error_response, forward_head
 from rph.net.laneio import LaneIO, half_close
+from rph.net.lanerelay import relay_response
 from rph.net.pool import UpstreamPool
-from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome, head_keeps
+from rph.net.relay import SPLICE_FROM, ClientAborted, Outcome
 from rph.net.router import PortRouter, Route
 from rph.net.threadlimit import ThreadLimit
 from rph.net.upstream import (
     JOIN_BELOW,
     Upstream,
     UpstreamClosed,
-    ended_before_answer,
 )
 from rph.net.waits import Stalled, Stopped, StopSocket
 from rph.proc.readiness import Endpoint
@@ -302,30 +301,7 @@ class Lane:
         if self.conn.eof:
             half_close(upstream)
 
-        while True:
-            response = self._read_response_head(upstream, request.method)
-            outcome.status = response.status
-            if outcome.first_byte_at is None:
-                outcome.first_byte_at = self._clock.current_time()
-            if response.status >= 200 or response.framing is Framing.TUNNEL:
-                break
-            # As the task does: no 1xx to HTTP/1.0, no second 100 Continue.
-            if response.status != 100 and request.http_version == b"1.1":
-                self.io.to_client(response.raw)
-        if response.framing is Framing.TUNNEL:
-            # Only an upgrade request may be answered so (RFC 9110 §15.2.2),
-            # and upgrades go to the task.
-            raise BackendFailed("the backend switched protocols unasked")
-
-        keeps = request.keep_alive and response.framing is not Framing.CLOSE
-        keeps = keeps and head_keeps(response)
-        outcome.client_keeps = keeps
-        raw_head = response.raw if keeps else response.saying_close()
-        complete, clean = self._relay_body(upstream, response, raw_head, outcome)
-        reusable = complete and clean and response.backend_keeps_alive
-        outcome.upstream_reusable = reusable and not upstream.half_closed
-        if not complete:
-            outcome.client_keeps = False
+        relay_response(self.io, upstream, request, outcome, self._clock)
 
     def _stream_body(self, backend: socket.socket, length: int) -> None:
         """Relay a body of `length` from the client as it comes.
@@ -355,66 +331,6 @@ class Lane:
                 self.io.send(backend, buffered[:piece])
             del buffer[:piece]
             length -= piece
-
-    def _read_response_head(self, upstream: Upstream, method: bytes) -> ResponseHead:
-        gatherer = HeadGatherer(upstream.buffer, method)
-        while (head := gatherer.head()) is None:
-            try:
-                data = self.io.from_backend(upstream)
-            except OSError as exc:
-                what = f"the backend reset the connection: {exc}"
-                raise ended_before_answer(upstream, what) from None
-            if not data:
-                what = "the backend closed the connection without answering"
-                raise ended_before_answer(upstream, what)
-            upstream.buffer += data
-        return head
-
-    def _relay_body(
-        self,
-        upstream: Upstream,
-        response: ResponseHead,
-        raw_head: bytes,
-        outcome: Outcome,
-    ) -> tuple[bool, bool]:
-        """Relay the body; whether it ended as framed, and cleanly."""
-        data = bytes(upstream.buffer)
-        upstream.buffer.clear()
-        if response.framing is Framing.NONE:
-            outcome.head_sent = True
-            self.io.to_client(raw_head)
-            return True, not data
-
-        body = BodyEnd(response)
-        try:
-            while True:
-                try:
-                    data, ended, clean = body.cut(data)
-                except ValueError:
-                    if not outcome.head_sent:
-                        message = "the backend sent a broken chunked body"
-                        raise BackendFailed(message) from None
-                    return False, False
-                if not outcome.head_sent:
-                    outcome.head_sent = True
-                    self.io.to_client(raw_head + data)
-                elif data:
-                    self.io.to_client(data)
-                body.relayed += len(data)
-                if ended:
-                    return True, clean
-                if body.framing is Framing.LENGTH and body.remaining >= SPLICE_FROM:
-                    moved = self.io.splice_to_client(upstream, body.remaining)
-                    body.relayed += moved
-                    return moved == body.remaining, True
-                try:
-                    data = self.io.from_backend(upstream)
-                except OSError:
-                    return False, False
-                if not data:
-                    return body.ends_at_close, True
-        finally:
-            outcome.bytes_down = body.relayed
 
 
 def _body_stalled() -> RequestTimeout:
