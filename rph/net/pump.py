@@ -12,13 +12,12 @@ The relay offers a stream (a chunked or close-delimited body) to a thread
 once a first piece of it has gone out, and again after every piece while
 it relays in its task, so a stream moves to a thread as soon as one is
 free. Cancelling the caller (the client left, RPH stops) wakes the thread
-through a socket pair, and the caller returns only once the thread has let
-go of both sockets.
+through a stop socket of its own (net/waits), and the caller returns only
+once the thread has let go of both sockets.
 """
 
 from __future__ import annotations
 
-import selectors
 import socket
 
 import trio
@@ -26,6 +25,7 @@ import trio
 from rph.net.fastio import BACKEND_READ, SinkBroken
 from rph.net.framing import BodyEnd
 from rph.net.threadlimit import ThreadLimit
+from rph.net.waits import Stopped, StopSocket
 
 # Streams relayed by threads at once; the ones beyond go on in their tasks.
 # Each thread needs the interpreter for every token it passes on: with
@@ -35,10 +35,6 @@ from rph.net.threadlimit import ThreadLimit
 MAX_THREADS = 2
 
 _threads = ThreadLimit("relay threads", lambda: MAX_THREADS)
-
-
-class _Stopped(Exception):
-    """The thread was told to stop: its caller was cancelled."""
 
 
 def has_room() -> bool:
@@ -55,13 +51,13 @@ async def relay_rest(
     its end; `body.relayed` counts what the client was sent, whatever
     happens. Raises SinkBroken if `sink` broke.
     """
-    stop_reader, stop_writer = socket.socketpair()
+    stop = StopSocket()
     broken: SinkBroken | None = None
     try:
         # A cancelled caller gets its Cancelled in a group from here, which
         # trio's cancel scopes take as they take a bare one.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_when_cancelled, stop_writer)
+            nursery.start_soon(stop.stop_when_cancelled)
             try:
                 # Not abandoned on cancel: until the thread returns it may
                 # still touch both sockets, and they must outlive it.
@@ -70,7 +66,7 @@ async def relay_rest(
                     source,
                     sink,
                     body,
-                    stop_reader,
+                    stop,
                     abandon_on_cancel=False,
                     limiter=_threads.limiter,
                 )
@@ -78,69 +74,47 @@ async def relay_rest(
                 broken = exc  # raised from inside, it would come in a group
             nursery.cancel_scope.cancel()
     finally:
-        stop_reader.close()
-        stop_writer.close()
+        stop.close()
     if broken is not None:
         raise broken
     return ended
 
 
-async def _stop_when_cancelled(stop_writer: socket.socket) -> None:
-    try:
-        await trio.sleep_forever()
-    finally:
-        stop_writer.send(b"!")
-
-
 def _pump(
-    source: socket.socket, sink: socket.socket, body: BodyEnd, stop: socket.socket
+    source: socket.socket, sink: socket.socket, body: BodyEnd, stop: StopSocket
 ) -> tuple[bool, bool]:
     """The thread's loop; the sockets stay non-blocking, as trio needs them."""
     try:
-        with selectors.DefaultSelector() as readable:
-            readable.register(source, selectors.EVENT_READ)
-            readable.register(stop, selectors.EVENT_READ)
-            while True:
-                if any(key.fileobj is stop for key, _ in readable.select()):
-                    raise _Stopped
-                try:
-                    data = source.recv(BACKEND_READ)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return False, False  # the client sees the body cut short
-                if not data:
-                    return body.ends_at_close, True
-                try:
-                    data, ended, clean = body.cut(data)
-                except ValueError:
-                    return False, False
-                _send_all(sink, data, stop)
-                body.relayed += len(data)
-                if ended:
-                    return True, clean
-    except _Stopped:
+        while True:
+            stop.wait([source])
+            try:
+                data = source.recv(BACKEND_READ)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False, False  # the client sees the body cut short
+            if not data:
+                return body.ends_at_close, True
+            try:
+                data, ended, clean = body.cut(data)
+            except ValueError:
+                return False, False
+            _send_all(sink, data, stop)
+            body.relayed += len(data)
+            if ended:
+                return True, clean
+    except Stopped:
         # The caller was cancelled, and raises that once this returns.
         return False, False
 
 
-def _send_all(sink: socket.socket, data: bytes, stop: socket.socket) -> None:
+def _send_all(sink: socket.socket, data: bytes, stop: StopSocket) -> None:
     with memoryview(data) as view:
         sent = 0
         while sent < len(view):
             try:
                 sent += sink.send(view[sent:])
             except BlockingIOError:
-                _wait_writable(sink, stop)
+                stop.wait([], writer=sink)
             except OSError as exc:
                 raise SinkBroken(str(exc)) from None
-
-
-def _wait_writable(sink: socket.socket, stop: socket.socket) -> None:
-    # Only a client that reads a stream slower than it comes waits here; a
-    # selector set up each time costs little next to that wait.
-    with selectors.DefaultSelector() as writable:
-        writable.register(sink, selectors.EVENT_WRITE)
-        writable.register(stop, selectors.EVENT_READ)
-        if any(key.fileobj is stop for key, _ in writable.select()):
-            raise _Stopped

@@ -1,8 +1,9 @@
 """Blocking waits on sockets, for the threads that relay (net/lane).
 
-A thread waits on a few sockets at once, and on its port's stop socket,
-which RPH writes once when the port stops serving: every wait then raises
-Stopped, so no thread outlives its port. The sockets stay non-blocking, as
+A thread waits on a few sockets at once, and on a stop socket that RPH
+writes once when the thread must let go (its port stops serving, or the
+task that runs it is cancelled): every wait then raises Stopped, so no
+thread outlives what it serves. The sockets stay non-blocking, as
 trio needs them; a thread waits here and then makes its call.
 """
 
@@ -27,7 +28,7 @@ _CONNECTING = {
 
 
 class Stopped(Exception):
-    """The port stopped serving: the thread lets go at once."""
+    """The stop socket was written: the thread lets go at once."""
 
 
 class Stalled(Exception):
@@ -35,7 +36,7 @@ class Stalled(Exception):
 
 
 class StopSocket:
-    """Written once when a port stops serving; every thread of it waits on it."""
+    """Written once when its owner stops; every thread it serves waits on it."""
 
     def __init__(self) -> None:
         self.reader, self._writer = socket.socketpair()
@@ -44,7 +45,7 @@ class StopSocket:
         return f"<StopSocket fd={self.reader.fileno()}>"
 
     async def stop_when_cancelled(self) -> None:
-        """Sleep; write the stop once cancelled (the port stops serving)."""
+        """Sleep; write the stop once cancelled."""
         try:
             await trio.sleep_forever()
         finally:
