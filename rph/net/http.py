@@ -1,12 +1,13 @@
 """Reading requests from clients, with every limit the design sets.
 
-A request's head is parsed by h11 and its body fully buffered (routing may
-look into it), de-chunked when the client sent chunks. Everything that
-could make the request mean different things to RPH and to a backend is
-refused rather than guessed (RFC 9112 §6.3): both `Content-Length` and
-`Transfer-Encoding`, `Transfer-Encoding` on HTTP/1.0 or other than chunked,
-differing lengths, a head over 64 KiB however it arrives. Each refusal is
-an RPHError carrying the status to answer; the connection is closed after.
+A request's head is read by net/plainhead when it is plain, by h11 when it
+is not, and its body fully buffered (routing may look into it), de-chunked
+when the client sent chunks. Everything that could make the request mean
+different things to RPH and to a backend is refused rather than guessed
+(RFC 9112 §6.3): both `Content-Length` and `Transfer-Encoding`,
+`Transfer-Encoding` on HTTP/1.0 or other than chunked, differing lengths, a
+head over 64 KiB however it arrives. Each refusal is an RPHError carrying
+the status to answer; the connection is closed after.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rph.errors import (
     VersionNotSupported,
 )
 from rph.net.client import ClientConnection, ClientGone
+from rph.net.plainhead import read_plain_head
 
 # The limits of the design: a head is at most 64 KiB and 100 header lines;
 # no client legitimately sends more, and a backend may choke on it.
@@ -105,7 +107,7 @@ async def read_request(
     await _wait_for_head(conn)
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
     # A head nearly always arrives whole: then no deadline is set up at all.
-    parsed = _parsed_head(conn.buffer, parser, 0)
+    parsed = _plain(conn.buffer) or _parsed_head(conn.buffer, parser, 0)
     if parsed is None:
         try:
             with trio.fail_after(HEAD_DEADLINE):
@@ -177,11 +179,23 @@ async def _read_head(
 def parse_head(buffer: bytearray) -> tuple[Request, int] | None:
     """The request whose head starts `buffer`, and the head's length; None
     while the head is incomplete. Raises an RPHError, as `read_request`."""
+    if (plain := _plain(buffer)) is not None:
+        return plain
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
     parsed = _parsed_head(buffer, parser, 0)
     if parsed is not None:
         _check_framing(parsed[0])
     return parsed
+
+
+def _plain(buffer: bytearray) -> tuple[Request, int] | None:
+    """The request of a plain head at the start of `buffer`; None if the
+    head is not plain, or not whole (h11 reads it then)."""
+    head = read_plain_head(buffer, HEAD_LIMIT)
+    if head is None:
+        return None
+    method, target, version, headers, head_size = head
+    return _request(method, target, version, headers), head_size
 
 
 def _parsed_head(
@@ -207,10 +221,16 @@ def _parsed_head(
 
 
 def _request_from(event: h11.Request) -> Request:
-    if event.http_version not in (b"1.0", b"1.1"):
-        version = event.http_version.decode("latin-1")
-        raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
     headers = list(event.headers.raw_items())
+    return _request(event.method, event.target, event.http_version, headers)
+
+
+def _request(
+    method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]
+) -> Request:
+    if version not in (b"1.0", b"1.1"):
+        shown = version.decode("latin-1")
+        raise VersionNotSupported(f"HTTP/{shown} is not supported; use HTTP/1.1")
     if len(headers) > HEADER_LINES_LIMIT:
         raise HeadTooLarge(f"more than {HEADER_LINES_LIMIT} header lines")
     tokens = frozenset(
@@ -220,9 +240,9 @@ def _request_from(event: h11.Request) -> Request:
         for token in value.split(b",")
     )
     return Request(
-        method=event.method,
-        target=event.target,
-        http_version=event.http_version,
+        method=method,
+        target=target,
+        http_version=version,
         headers=headers,
         connection_tokens=tokens,
     )
