@@ -1,8 +1,9 @@
 """The warm measures, each taken directly and through RPH, interleaved.
 
-Every measure runs in rounds; each round takes one sample directly and one
-through RPH, the order swapped every other round, so that whatever else the
-machine does at that moment weighs on both. A sample is a dict of named
+Every measure runs in rounds; each round takes one sample on each side,
+directly, through RPH and through the bare forwarder (the floor), the order
+turned every round, so that whatever else the machine does at that moment
+weighs on all three. A sample is a dict of named
 series (first-token times, per-event delays, throughputs); the CPU time RPH
 spent during the whole measure is kept alongside, since direct samples cost
 RPH nothing.
@@ -24,7 +25,7 @@ from benchmarks.client import Connection, Response, request_bytes
 from benchmarks.loads import Load
 from benchmarks.stack import Stack
 
-SIDES = ("direct", "rph")
+SIDES = ("direct", "rph", "floor")
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 MB = 1_000_000
@@ -89,12 +90,17 @@ class Bench:
         self.checks = checks
 
     async def interleave(self, rounds: int, sample: Sample) -> Measure:
-        """Run `sample` `rounds` times on each side, alternating."""
-        ports = {"direct": self.stack.direct_port, "rph": self.stack.rph_port}
+        """Run `sample` `rounds` times on each side, taking turns."""
+        ports = {
+            "direct": self.stack.direct_port,
+            "rph": self.stack.rph_port,
+            "floor": self.stack.floor_port,
+        }
         measure = Measure()
         began, cpu = time.monotonic(), self.stack.cpu_seconds()
         for index in range(rounds):
-            order = SIDES if index % 2 == 0 else SIDES[::-1]
+            turn = index % len(SIDES)
+            order = SIDES[turn:] + SIDES[:turn]
             for side in order:
                 for name, values in (await sample(ports[side])).items():
                     measure.series.setdefault(name, {}).setdefault(side, [])

@@ -3,7 +3,9 @@
 A row holds one figure's samples for each side. Its ratio is RPH's median
 over the direct median, and the target (from the design) is judged on that
 ratio; rows without a direct side (cold start, memory, CPU) are judged on
-their own value. For latencies the tail is the 99th percentile, for rates
+their own value. Beside RPH's ratio stands the floor's: the same ratio for
+the bare forwarder in Python (benchmarks/forwarder.py), which does nothing
+but pass bytes on. For latencies the tail is the 99th percentile, for rates
 the 1st: the slow end either way.
 """
 
@@ -39,6 +41,7 @@ class Row:
     unit: str
     rph: list[float]
     direct: list[float] | None = None
+    floor: list[float] | None = None
     higher_is_better: bool = False
     # ("<=", 1.3) on the ratio to direct, or on the value without a direct side.
     target: tuple[str, float] | None = None
@@ -56,10 +59,18 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
+        return self._to_direct(self.rph)
+
+    @property
+    def floor_ratio(self) -> float | None:
+        return self._to_direct(self.floor) if self.floor else None
+
+    def _to_direct(self, values: list[float]) -> float | None:
+        """The ratio of the medians of `values` and the direct side."""
         if self.direct is None:
             return None
         direct = percentile(self.direct, 0.5)
-        return percentile(self.rph, 0.5) / direct if direct else math.nan
+        return percentile(values, 0.5) / direct if direct else math.nan
 
     @property
     def met(self) -> bool | None:
@@ -80,6 +91,8 @@ class Row:
             "direct": self.stats(self.direct) if self.direct is not None else None,
             "rph": self.stats(self.rph),
             "ratio": self.ratio,
+            "floor": self.stats(self.floor) if self.floor else None,
+            "floor_ratio": self.floor_ratio,
             "target": list(self.target) if self.target else None,
             "judged": "ratio of p50s" if self.direct is not None else self.judged,
             "met": self.met,
@@ -101,7 +114,8 @@ def _number(value: float | None, width: int) -> str:
 LABEL_WIDTH = 46
 HEADER = (
     f"{'measure':<{LABEL_WIDTH}}"
-    f"{'direct p50':>11}{'tail':>8}{'RPH p50':>10}{'tail':>8}{'ratio':>8}  target"
+    f"{'direct p50':>11}{'tail':>8}{'RPH p50':>10}{'tail':>8}{'ratio':>8}"
+    f"{'floor':>7}  target"
 )
 
 
@@ -126,6 +140,7 @@ def _line(row: Row) -> str:
         _number(rph["p50"], 10),
         _number(rph["tail"] if len(row.rph) > 1 else None, 8),
         _number(row.ratio, 8),
+        _number(row.floor_ratio, 7),
     ]
     if row.target is not None:
         relation, bound = row.target

@@ -8,6 +8,9 @@
 - `cold`, the stand-in run through `stamped_standin.py` behind a `health`
   path, which the cold-start rounds stop and start again.
 
+Beside RPH runs the bare forwarder of `forwarder.py`, in front of the same
+stand-in: the floor, what any relay written in Python costs.
+
 RPH's pid is known, so its CPU time, memory and descriptors can be read.
 """
 
@@ -33,6 +36,7 @@ from benchmarks.loads import Load
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "examples" / "standin.py"
 STAMPED_STANDIN = ROOT / "benchmarks" / "stamped_standin.py"
+FORWARDER = ROOT / "benchmarks" / "forwarder.py"
 
 # RPH imports its modules and binds in well under a second; a machine busy
 # with other work may take several.
@@ -47,6 +51,7 @@ class Stack:
     process: psutil.Process  # RPH
     rph_port: int  # the bench app, through RPH
     direct_port: int  # the same stand-in, directly
+    floor_port: int  # the same stand-in, through the bare forwarder
     cold_port: int  # the cold app, through RPH
     stamps: Path  # where the cold app writes its stamps
     log: Path  # RPH's stderr
@@ -72,7 +77,8 @@ def free_port() -> int:
 
 
 def write_config(folder: Path, load: Load, stamps: Path) -> tuple[Path, dict[str, int]]:
-    ports = {name: free_port() for name in ("rph", "direct", "cold", "cold_backend")}
+    names = ("rph", "direct", "floor", "cold", "cold_backend")
+    ports = {name: free_port() for name in names}
     python = sys.executable
     bench = {
         "type": "ondemand",
@@ -123,40 +129,54 @@ async def open_stack(load: Load) -> AsyncIterator[Stack]:
         stamps = folder / "cold-stamps.txt"
         config, ports = write_config(folder, load, stamps)
         log = folder / "rph.log"
-        with log.open("wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "rph", "--config", str(config)),
-                *("--log-level", "WARNING"),
-                cwd=ROOT,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        try:
-            await _wait_listening(process, ports["rph"], log)
-            await _wait_listening(process, ports["cold"], log)
-            await control(ports["rph"], "/rph/apps/bench/start")
-            yield Stack(
-                psutil.Process(process.pid),
-                ports["rph"],
-                ports["direct"],
-                ports["cold"],
-                stamps,
-                log,
-            )
-        except BaseException:
-            # Whatever broke, RPH's own account of it helps most.
-            print(f"RPH's log:\n{_tail(log)}", file=sys.stderr)
-            raise
-        finally:
-            await _stop(process)
+        rph = (sys.executable, "-m", "rph", "--config", str(config))
+        floor = (sys.executable, str(FORWARDER), str(ports["floor"]))
+        async with (
+            _running(*rph, "--log-level", "WARNING", log=log) as process,
+            _running(*floor, str(ports["direct"]), log=folder / "fwd.log") as forwarder,
+        ):
+            try:
+                await _wait_listening(process, ports["rph"], log)
+                await _wait_listening(process, ports["cold"], log)
+                await _wait_listening(forwarder, ports["floor"], log)
+                await control(ports["rph"], "/rph/apps/bench/start")
+                yield Stack(
+                    psutil.Process(process.pid),
+                    ports["rph"],
+                    ports["direct"],
+                    ports["floor"],
+                    ports["cold"],
+                    stamps,
+                    log,
+                )
+            except BaseException:
+                # Whatever broke, RPH's own account of it helps most.
+                print(f"RPH's log:\n{_tail(log)}", file=sys.stderr)
+                raise
+
+
+@contextlib.asynccontextmanager
+async def _running(*command: str, log: Path) -> AsyncIterator[Process]:
+    """A process run from ROOT, its stderr in `log`; stopped on exit."""
+    with log.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        yield process
+    finally:
+        await _stop(process)
 
 
 async def _wait_listening(process: Process, port: int, log: Path) -> None:
     deadline = time.monotonic() + RPH_START_LIMIT
     while time.monotonic() < deadline:
         if process.returncode is not None:
-            raise RuntimeError(f"RPH exited at start:\n{_tail(log)}")
+            raise RuntimeError(f"pid {process.pid} exited at start:\n{_tail(log)}")
         try:
             connection = await Connection.open(port)
         except OSError:
@@ -164,7 +184,7 @@ async def _wait_listening(process: Process, port: int, log: Path) -> None:
             continue
         connection.close()
         return
-    raise RuntimeError(f"RPH did not listen within {RPH_START_LIMIT:g} s")
+    raise RuntimeError(f"nothing listened on {port} within {RPH_START_LIMIT:g} s")
 
 
 def _tail(log: Path) -> str:
@@ -184,7 +204,8 @@ async def control(port: int, path: str) -> None:
 
 async def _stop(process: Process) -> None:
     if process.returncode is None:
-        process.terminate()  # SIGTERM: RPH stops its apps, then exits
+        # SIGTERM: RPH stops its apps, then exits; the forwarder just exits.
+        process.terminate()
     try:
         await asyncio.wait_for(process.wait(), RPH_STOP_LIMIT)
     except TimeoutError:

@@ -31,12 +31,13 @@ def compare(
     higher_is_better: bool = False,
     target: tuple[str, float] | None = None,
 ) -> Row:
-    """A row of one series, direct against RPH."""
+    """A row of one series, direct against RPH (and the floor)."""
     return Row(
         label,
         unit,
         rph=measure.values(series, "rph"),
         direct=measure.values(series, "direct"),
+        floor=measure.values(series, "floor"),
         higher_is_better=higher_is_better,
         target=target,
     )
