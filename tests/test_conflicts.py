@@ -164,7 +164,7 @@ async def test_a_request_abandoned_while_waiting_causes_no_swap() -> None:
             )
             impatient = await connect(rph.port)
             await impatient.send_all(head + body)
-            await supervisor.changes.wait_until(lambda: supervisor.waiting_for("b"))
+            await supervisor.changes.wait_until(lambda: supervisor.waiting_for("b") > 0)
             await impatient.aclose()
             await supervisor.changes.wait_until(lambda: not supervisor.waiting_for("b"))
             assert apps["a"].in_flight == 1  # a's stream goes on meanwhile
