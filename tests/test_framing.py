@@ -9,6 +9,7 @@ body, heads framed every way a backend may, and framing that is broken.
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
@@ -65,6 +66,32 @@ def test_any_split_of_a_chunked_body_ends_in_the_same_place(
     body: bytes, after: bytes, cuts: list[int]
 ) -> None:
     assert feed_all(split(body + after, cuts)) == len(body)
+
+
+def whole_chunks(body: bytes) -> list[bytes]:
+    """`body` cut as a token stream arrives: a piece for each whole chunk,
+    then one for the last chunk and the trailers."""
+    pieces = []
+    while not body.startswith(b"0"):
+        line_end = body.index(b"\r\n") + 2
+        size = int(re.match(rb"[0-9A-Fa-f]+", body)[0], 16)  # type: ignore[index]
+        end = line_end + size + 2
+        pieces.append(body[:end])
+        body = body[end:]
+    return [*pieces, body]
+
+
+@given(body=chunked_bodies(), after=st.binary(max_size=50))
+def test_a_body_fed_a_chunk_at_a_time_ends_in_the_same_place(
+    body: bytes, after: bytes
+) -> None:
+    pieces = whole_chunks(body)
+    assert b"".join(pieces) == body
+    assert feed_all([*pieces, after]) == len(body)
+    # The data of a whole chunk one byte longer than its size is refused.
+    if len(pieces) > 1:
+        with pytest.raises(ValueError, match="chunk"):
+            feed_all([pieces[0][:-2] + b"x\r\n"])
 
 
 @given(body=chunked_bodies(), cut=st.integers(min_value=1))

@@ -26,6 +26,8 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 # RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ], then CRLF (a bare LF is
 # tolerated, as in heads).
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
+# The plain size line of a stream's token, which arrives as one whole chunk.
+_PLAIN_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 _CR = ord("\r")
 
 
@@ -187,6 +189,8 @@ class ChunkedTracker:
         A return of n >= 0 means the body ended after `data[:n]`. Raises
         ValueError on framing that is not chunked encoding.
         """
+        if self._state is _Chunk.SIZE and not self._line and self._whole_chunk(data):
+            return -1
         pos, size = 0, len(data)
         while pos < size:
             if self._state is _Chunk.DATA:
@@ -212,6 +216,19 @@ class ChunkedTracker:
             if ended:
                 return pos
         return -1
+
+    def _whole_chunk(self, data: bytes) -> bool:
+        """Whether `data` is one whole chunk of data, and nothing else.
+
+        A streamed token comes so, and this answers for it with one match
+        where the general walk takes a pass for each of its three parts.
+        """
+        size_line = _PLAIN_SIZE_LINE.match(data)
+        if size_line is None:
+            return False
+        data_end = size_line.end() + int(size_line[1], 16)
+        whole = data_end > size_line.end() and data_end + 2 == len(data)
+        return whole and data.endswith(b"\r\n")
 
     def _end_of_line(self, data: bytes, start: int, end: int) -> bool:
         """Take the line `data[start:end]`; True if it ends the body."""
