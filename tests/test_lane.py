@@ -111,6 +111,27 @@ async def test_rph_stops_at_once_under_a_lane_waiting_for_a_silent_backend() -> 
         await sock.aclose()
 
 
+async def test_rph_stops_at_once_under_a_lane_in_a_stream_gone_silent() -> None:
+    # A stream whose backend stalls after its first token: the lane waits
+    # in the stream's standing wait, which must hear the stop too.
+    stalled = scripted_app(
+        "llm",
+        "conn.sendall(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+        "5\\r\\nfirst\\r\\n'); time.sleep(600)",
+    )
+    with trio.fail_after(10):
+        async with running_rph([stalled]) as rph:
+            await rph.supervisor.preload("llm")
+            sock = await connect(rph.port)
+            await sock.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while not received.endswith(b"first\r\n"):
+                received += await sock.receive_some(1024)
+        # Cut short: the client never got the chunk that ends the body.
+        assert not (await read_until_eof(sock)).endswith(b"0\r\n\r\n")
+        await sock.aclose()
+
+
 @pytest.mark.timeout(20)
 async def test_an_app_stops_when_idle_after_requests_answered_by_lanes() -> None:
     async with running_rph([app(timeout=0.5)]) as rph:

@@ -19,7 +19,7 @@ from rph.net import fastio, http
 from rph.net.client import PIPELINE_BUFFER_LIMIT, READ_SIZE, ClientConnection
 from rph.net.relay import ClientAborted
 from rph.net.upstream import Upstream
-from rph.net.waits import StopSocket
+from rph.net.waits import StopSocket, Watch
 from rph.proc.readiness import Endpoint
 
 
@@ -85,6 +85,31 @@ class LaneIO:
                 except BlockingIOError:
                     continue
 
+    def watch_backend(self, upstream: Upstream) -> Watch:
+        """A standing wait on the backend, and on the client while it may
+        send; see `on_client`."""
+        watched = [upstream.fast.raw]
+        if self._watching():
+            watched.append(self._client)
+        return self._stop.watch(watched)
+
+    def on_client(self, upstream: Upstream, watch: Watch) -> None:
+        """Take what the client sent during a `watch`, as from_backend does.
+
+        Raises ClientAborted if the client left.
+        """
+        self.take_from_client()
+        if self.conn.reset:
+            raise ClientAborted
+        if self.conn.eof:
+            half_close(upstream)
+        if not self._watching():
+            watch.drop(self._client)
+
+    @property
+    def client(self) -> socket.socket:
+        return self._client
+
     def to_client(self, data: bytes) -> None:
         try:
             self.send(self._client, data)
@@ -113,9 +138,15 @@ class LaneIO:
     def send(self, sink: socket.socket, data: bytes | bytearray | memoryview) -> None:
         # A client that reads its answers only once it has sent all its
         # pipelined requests is read meanwhile, as the task would.
+        # Most writes go whole at once: try that before a view is needed.
+        try:
+            sent = sink.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
         reading = sink is self._client
         with memoryview(data) as view:
-            sent = 0
             while sent < len(view):
                 try:
                     sent += sink.send(view[sent:])

@@ -68,6 +68,10 @@ class StopSocket:
             raise Stopped
         return ready
 
+    def watch(self, readers: list[socket.socket]) -> Watch:
+        """A standing wait on `readers` and this stop socket."""
+        return Watch(self, readers)
+
     def connect(
         self,
         family: socket.AddressFamily,
@@ -115,6 +119,57 @@ class StopSocket:
             return moved
         finally:
             steps.close()
+
+
+class Watch:
+    """A standing wait on a few sockets and the stop socket, for a body.
+
+    A token stream waits once a token: set up once for the whole body, the
+    wait costs one system call a token (epoll on Linux) where a wait made
+    afresh each time registers every socket again. Elsewhere it falls back
+    to those fresh waits.
+    """
+
+    def __init__(self, stop: StopSocket, readers: list[socket.socket]) -> None:
+        self._stop = stop.reader
+        self._readers = list(readers)
+        self._by_fd = {sock.fileno(): sock for sock in readers}
+        self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        if self._epoll is not None:
+            for fd in (*self._by_fd, self._stop.fileno()):
+                self._epoll.register(fd, select.EPOLLIN)
+
+    def __repr__(self) -> str:
+        return f"<Watch fds={sorted(self._by_fd)}>"
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+
+    def drop(self, sock: socket.socket) -> None:
+        """Watch `sock` no more."""
+        fd = sock.fileno()
+        if self._by_fd.pop(fd, None) is not None:
+            self._readers.remove(sock)
+            if self._epoll is not None:
+                self._epoll.unregister(fd)
+
+    def wait(self) -> list[socket.socket]:
+        """The readable sockets, once there is one. Raises Stopped."""
+        if self._epoll is None:
+            ready = _ready([*self._readers, self._stop], None, None)
+            if self._stop in ready:
+                raise Stopped
+            return ready
+        # An error or hang-up counts as readable: the read says which.
+        by_fd = self._by_fd
+        ready = [by_fd.get(fd, self._stop) for fd, _ in self._epoll.poll()]
+        if self._stop in ready:
+            raise Stopped
+        return ready
 
 
 if hasattr(select, "poll"):
