@@ -24,6 +24,7 @@ from rph.config import Config, ConfigError, find_config_file, load_config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
 from rph.hosts import bracketed
+from rph.logline import OneLineFormatter
 from rph.portcheck import port_problems
 from rph.proc.leftovers import AlreadyRunning, Ledger
 from rph.proc.lifetime import kill_every_tree
@@ -73,12 +74,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def setup_logging(level: str, quiet_apps: bool) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        OneLineFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
     )
+    logging.basicConfig(level=level, handlers=[handler])
     if quiet_apps:
         logging.getLogger("rph.app").setLevel(logging.WARNING)
 

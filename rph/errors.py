@@ -7,7 +7,14 @@ it there: what went wrong and, where it helps, what to do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
+
+from rph.logline import LINE_SEPARATOR, one_line
+
+# What an error shows as the last output of an app that printed nothing.
+NOTHING_PRINTED = "(nothing)"
 
 
 class RPHError(Exception):
@@ -17,9 +24,23 @@ class RPHError(Exception):
     kind = "server_error"
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, last_output: Sequence[str] | None = None) -> None:
+        """`last_output`, the last lines an app printed, follows `message`:
+        a line each in the answer, one line in the log (see `log_text`)."""
+        self.headline = message
+        self.last_output = None if last_output is None else tuple(last_output)
+        if self.last_output is not None:
+            shown = "\n".join(self.last_output) or NOTHING_PRINTED
+            message = f"{message} Last output:\n{shown}"
         super().__init__(message)
         self.message = message
+
+    def log_text(self) -> str:
+        """The whole message as one log line, the app's lines joined."""
+        if self.last_output is None:
+            return one_line(self.message)
+        shown = LINE_SEPARATOR.join(map(one_line, self.last_output))
+        return one_line(self.headline) + f" Last output: {shown or NOTHING_PRINTED}"
 
     def body(self) -> bytes:
         error = {"message": self.message, "type": self.kind, "code": self.code}

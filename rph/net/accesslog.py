@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from rph.errors import RPHError
+from rph.logline import one_line
 from rph.net.http import Request
 from rph.net.relay import Outcome
 from rph.net.router import Route
@@ -25,7 +26,7 @@ def log_refusal(peer: str, request: Request | None, error: RPHError) -> None:
         request.method.decode() if request else "-",
         request.path if request else "-",
         error.status,
-        error.message.splitlines()[0] if error.message else "",
+        one_line(error.headline),
     )
 
 

@@ -93,10 +93,6 @@ class Child:
             self.exited.set()
             nursery.cancel_scope.cancel()
 
-    def last_output(self) -> str:
-        """The last lines printed, for error messages."""
-        return "\n".join(self.last_lines)
-
     async def stop(self, grace: float) -> None:
         """Stop the whole tree: polite signal, `grace` seconds, then kill.
 

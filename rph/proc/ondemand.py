@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import trio
 
 from rph.config import AppConfig
-from rph.errors import BackendFailed, RPHError, StartTimeout
+from rph.errors import NOTHING_PRINTED, BackendFailed, RPHError, StartTimeout
 from rph.proc import ports, readiness
 from rph.proc.child import Child
 from rph.proc.leftovers import Ledger
@@ -135,7 +135,8 @@ class OnDemandApp:
             await self._discard_child()
             raise StartTimeout(
                 f"{self.name} was not ready after {config.start_timeout:g} s"
-                f" (start_timeout). Last output:\n{self.last_output()}"
+                " (start_timeout).",
+                last_output=self.last_output(),
             ) from None
         except BaseException:
             await self._discard_child()
@@ -160,7 +161,7 @@ class OnDemandApp:
                 while True:
                     await trio.sleep(STILL_WAITING_EVERY)
                     waited = trio.current_time() - began
-                    last = child.last_lines[-1] if child.last_lines else "(nothing)"
+                    last = child.last_lines[-1] if child.last_lines else NOTHING_PRINTED
                     log.info(
                         "still waiting for %s, %.0f s: %s", self.name, waited, last
                     )
@@ -172,8 +173,8 @@ class OnDemandApp:
         if ready:
             return ready[0]
         raise BackendFailed(
-            f"{self.name} exited while starting ({describe_exit(child.returncode)})."
-            f" Last output:\n{child.last_output()}"
+            f"{self.name} exited while starting ({describe_exit(child.returncode)}).",
+            last_output=child.last_lines,
         )
 
     async def stop(self, reason: str) -> None:
@@ -202,9 +203,9 @@ class OnDemandApp:
             self.last_lines = tuple(self.child.last_lines)
             self.child = None
 
-    def last_output(self) -> str:
-        lines = self.child.last_lines if self.child else self.last_lines
-        return "\n".join(lines) or "(nothing)"
+    def last_output(self) -> Sequence[str]:
+        """The last lines the app printed, running or stopped."""
+        return self.child.last_lines if self.child else self.last_lines
 
 
 def describe_exit(code: int | None) -> str:

@@ -331,7 +331,7 @@ class Supervisor:
                 if scope.cancelled_caught:
                     log.info("start of %s abandoned (shutdown)", app.name)
                 else:
-                    log.error("%s", error.message)
+                    log.error("%s", error.log_text())
             else:
                 log.exception("%s: start failed", app.name)
                 error = BackendFailed(f"{app.name}: start failed: {exc!r}")
