@@ -46,6 +46,23 @@ BODY_IDLE_DEADLINE = 30.0
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# What h11 refuses, by the start of its message (h11/_readers.py,
+# _headers.py, _events.py), said for a person: h11's own words show its
+# internals, a bytearray's repr among them. Anything else it refuses is
+# answered as a "malformed request".
+_PLAIN_MESSAGES = (
+    ("illegal request line", "malformed request line; expected METHOD /path HTTP/1.1"),
+    ("no request line", "malformed request line; expected METHOD /path HTTP/1.1"),
+    ("continuation line", "malformed head: it starts with a folded header line"),
+    ("illegal header line", "malformed header line; expected Name: value"),
+    ("conflicting content-length", "the Content-Length values differ"),
+    ("bad content-length", "Content-Length is not a number of bytes"),
+    ("missing mandatory host", "missing Host header (HTTP/1.1 requires one)"),
+    ("found multiple host", "more than one Host header"),
+    ("illegal chunk header", "malformed chunk size; expected a hexadecimal number"),
+    ("malformed chunk footer", "malformed chunked body: a chunk must end with CRLF"),
+)
+
 
 @dataclass
 class Request:
@@ -259,11 +276,16 @@ def _check_framing(request: Request) -> None:
 
 
 def _protocol_error(exc: h11.RemoteProtocolError) -> RPHError:
+    """The error to answer for what h11 refused."""
     if exc.error_status_hint == 431:
         return HeadTooLarge(f"request head over {HEAD_LIMIT} bytes")
     if exc.error_status_hint == 501:
         return UnsupportedCoding(f"{exc}; RPH accepts only chunked")
-    return BadRequest(f"malformed request: {exc}")
+    refusal = str(exc).lower()
+    for start, message in _PLAIN_MESSAGES:
+        if refusal.startswith(start):
+            return BadRequest(message)
+    return BadRequest("malformed request")
 
 
 async def _read_chunked(
