@@ -29,6 +29,21 @@ cases: dict[str, tuple[bytes, int, str]] = {
     "no version": (b"GET /\r\n" + HOST + b"\r\n", 400, MALFORMED_LINE),
     "HTTPS/1.1": (b"GET / HTTPS/1.1\r\n" + HOST + b"\r\n", 400, MALFORMED_LINE),
     "HTTP/1.1.1": (b"GET / HTTP/1.1.1\r\n" + HOST + b"\r\n", 400, MALFORMED_LINE),
+    "HTTP/3 after a target with a space": (
+        b"GET /a b HTTP/3\r\n" + HOST + b"\r\n",
+        400,
+        MALFORMED_LINE,
+    ),
+    "HTTP/3": (
+        b"GET / HTTP/3\r\n" + HOST + b"\r\n",
+        505,
+        "HTTP/3 is not supported; use HTTP/1.1",
+    ),
+    "HTTP/2": (
+        b"GET / HTTP/2\r\n" + HOST + b"\r\n",
+        505,
+        "HTTP/2 is not supported; use HTTP/1.1",
+    ),
     "HTTP/0.9": (
         b"GET / HTTP/0.9\r\n\r\n",
         505,

@@ -12,6 +12,7 @@ the status to answer; the connection is closed after.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +63,12 @@ _PLAIN_MESSAGES = (
     ("illegal chunk header", "malformed chunk size; expected a hexadecimal number"),
     ("malformed chunk footer", "malformed chunked body: a chunk must end with CRLF"),
 )
+
+# RFC 9112 §2.3: the version is HTTP/DIGIT.DIGIT, which h11 reads, leaving
+# any but 1.0 and 1.1 to RPH (505). A request line well formed but for a
+# version of digits alone (HTTP/3, as that version is called) asks for
+# another HTTP too: 505 as well, not 400.
+_OTHER_VERSION = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9]+)")
 
 
 @dataclass
@@ -226,7 +233,7 @@ def _parsed_head(
     try:
         event = parser.next_event()
     except h11.RemoteProtocolError as exc:
-        raise _protocol_error(exc) from None
+        raise _protocol_error(exc, bytes(buffer)) from None
     if not isinstance(event, h11.Request):
         return None
     # h11 checks the head limit only while it waits for more data, so a
@@ -246,8 +253,7 @@ def _request(
     method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]
 ) -> Request:
     if version not in (b"1.0", b"1.1"):
-        shown = version.decode("latin-1")
-        raise VersionNotSupported(f"HTTP/{shown} is not supported; use HTTP/1.1")
+        raise _version_error(version)
     if len(headers) > HEADER_LINES_LIMIT:
         raise HeadTooLarge(f"more than {HEADER_LINES_LIMIT} header lines")
     tokens = frozenset(
@@ -275,17 +281,39 @@ def _check_framing(request: Request) -> None:
             raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0")
 
 
-def _protocol_error(exc: h11.RemoteProtocolError) -> RPHError:
-    """The error to answer for what h11 refused."""
+def _protocol_error(exc: h11.RemoteProtocolError, head: bytes = b"") -> RPHError:
+    """The error to answer for what h11 refused; `head` is the buffer that
+    starts with the request's head, when the head is what it refused."""
     if exc.error_status_hint == 431:
         return HeadTooLarge(f"request head over {HEAD_LIMIT} bytes")
     if exc.error_status_hint == 501:
         return UnsupportedCoding(f"{exc}; RPH accepts only chunked")
     refusal = str(exc).lower()
+    if refusal.startswith("illegal request line"):
+        request_line = _head_lines(head)[:1]
+        if request_line and (other := _OTHER_VERSION.fullmatch(request_line[0])):
+            return _version_error(other[1])
     for start, message in _PLAIN_MESSAGES:
         if refusal.startswith(start):
             return BadRequest(message)
     return BadRequest("malformed request")
+
+
+def _head_lines(data: bytes) -> list[bytes]:
+    """The lines of the head that starts `data`, without their ends."""
+    lines = []
+    # Past the limit no head is read: the body that follows is not split.
+    for line in data[:HEAD_LIMIT].split(b"\n"):
+        line = line.removesuffix(b"\r")
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _version_error(version: bytes) -> RPHError:
+    shown = version.decode("latin-1")
+    return VersionNotSupported(f"HTTP/{shown} is not supported; use HTTP/1.1")
 
 
 async def _read_chunked(
