@@ -71,6 +71,38 @@ cases: dict[str, tuple[bytes, int, str]] = {
         400,
         "malformed chunk size; expected a hexadecimal number",
     ),
+    "chunked, chunked": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked, chunked\r\n"
+        b"\r\n0\r\n\r\n",
+        400,
+        "malformed Transfer-Encoding; expected chunked, named once",
+    ),
+    "chunked in two headers": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "malformed Transfer-Encoding; expected chunked, named once",
+    ),
+    "gzip": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\n",
+        501,
+        "Transfer-Encoding gzip is not supported; send the body as it is,"
+        " with Content-Length, or chunked",
+    ),
+    "gzip in a second header": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: GZip\r\n\r\n0\r\n\r\n",
+        501,
+        "Transfer-Encoding gzip is not supported; send the body as it is,"
+        " with Content-Length, or chunked",
+    ),
+    "gzip on a folded line": (
+        b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n"
+        b" , gzip\r\n\r\n0\r\n\r\n",
+        501,
+        "Transfer-Encoding gzip is not supported; send the body as it is,"
+        " with Content-Length, or chunked",
+    ),
 }
 
 

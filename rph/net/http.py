@@ -70,6 +70,10 @@ _PLAIN_MESSAGES = (
 # another HTTP too: 505 as well, not 400.
 _OTHER_VERSION = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9]+)")
 
+# A coding name is shown up to this long: real ones are short, and a
+# hostile header need not come back whole.
+SHOWN_CODING_CHARS = 40
+
 
 @dataclass
 class Request:
@@ -287,7 +291,7 @@ def _protocol_error(exc: h11.RemoteProtocolError, head: bytes = b"") -> RPHError
     if exc.error_status_hint == 431:
         return HeadTooLarge(f"request head over {HEAD_LIMIT} bytes")
     if exc.error_status_hint == 501:
-        return UnsupportedCoding(f"{exc}; RPH accepts only chunked")
+        return _coding_error(_head_lines(head))
     refusal = str(exc).lower()
     if refusal.startswith("illegal request line"):
         request_line = _head_lines(head)[:1]
@@ -309,6 +313,35 @@ def _head_lines(data: bytes) -> list[bytes]:
             break
         lines.append(line)
     return lines
+
+
+def _coding_error(lines: list[bytes]) -> RPHError:
+    """What to answer for a Transfer-Encoding other than one `chunked`.
+
+    RFC 9110 §15.6.2: a coding the server does not know is 501. Chunked
+    named twice (in one header or two) is no coding RPH fails to know but
+    a malformed request (RFC 9112 §6.1), 400.
+    """
+    fields: list[bytes] = []
+    for line in lines[1:]:
+        if line.startswith((b" ", b"\t")) and fields:
+            fields[-1] += line  # RFC 9112 §5.2: a folded line, read as h11 does
+        else:
+            fields.append(line)
+    codings = [
+        coding.strip().lower()
+        for field in fields
+        if field.lower().startswith(b"transfer-encoding:")
+        for coding in field.partition(b":")[2].split(b",")
+    ]
+    unknown = [coding for coding in codings if coding and coding != b"chunked"]
+    if unknown:
+        shown = unknown[0].decode("latin-1")[:SHOWN_CODING_CHARS]
+        return UnsupportedCoding(
+            f"Transfer-Encoding {shown} is not supported; send the body as it"
+            " is, with Content-Length, or chunked"
+        )
+    return BadRequest("malformed Transfer-Encoding; expected chunked, named once")
 
 
 def _version_error(version: bytes) -> RPHError:
