@@ -125,10 +125,15 @@ class Ledger:
 
 
 def _is_running(entry: dict[str, Any]) -> bool:
+    """True if the process `entry` names runs: the same pid and start time,
+    and not a zombie (an RPH killed outright whose parent has not reaped it
+    yet is gone all the same, and so may have left children)."""
     pid, created = entry.get("pid"), entry.get("create_time")
     if not isinstance(pid, int) or not isinstance(created, float | int):
         return False
-    return (
-        platform.create_time(pid) != 0.0
-        and abs(platform.create_time(pid) - created) < platform.CREATE_TIME_SLACK
-    )
+    try:
+        process = psutil.Process(pid)
+        same = abs(process.create_time() - created) < platform.CREATE_TIME_SLACK
+    except psutil.Error:
+        return False
+    return same and platform.is_alive(process)
