@@ -93,6 +93,10 @@ class Child:
             self.exited.set()
             nursery.cancel_scope.cancel()
 
+    def has_member(self, pid: int) -> bool:
+        """True if `pid` is a live process of this tree."""
+        return any(proc.pid == pid for proc in self._tree())
+
     async def stop(self, grace: float) -> None:
         """Stop the whole tree: polite signal, `grace` seconds, then kill.
 

@@ -94,16 +94,25 @@ class OnDemandApp:
             or self.name in other.config.conflicts_with
         )
 
+    async def endpoint_holder(self) -> ports.Holder | None:
+        """Who accepts connections on the app's endpoint now, or None."""
+        return await ports.holder_of(
+            self.config.endpoint_host, self.config.endpoint_port
+        )
+
+    def endpoint_taken(self, holder: ports.Holder) -> BackendFailed:
+        """The 502 for an endpoint that `holder` holds before a start."""
+        return BackendFailed(
+            f"{self.name}: port {self.config.endpoint_port} is already in use by"
+            f" {holder.description}; RPH will not send requests to a program it"
+            " did not start. Stop that program or change the app's endpoint."
+        )
+
     async def check_endpoint_free(self) -> None:
         """Raise BackendFailed (502) if something already listens there."""
-        config = self.config
-        holder = await ports.holder_of(config.endpoint_host, config.endpoint_port)
+        holder = await self.endpoint_holder()
         if holder:
-            raise BackendFailed(
-                f"{self.name}: port {config.endpoint_port} is already in use by"
-                f" {holder}; RPH will not send requests to a program it did not"
-                " start. Stop that program or change the app's endpoint."
-            )
+            raise self.endpoint_taken(holder)
 
     async def start(self, ledger: Ledger | None, nursery: trio.Nursery) -> None:
         """Spawn the child and wait until it is ready.

@@ -8,6 +8,7 @@ program: RPH refuses to start, naming the process that holds the port.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import psutil
 
@@ -19,30 +20,50 @@ from rph.redact import mask_cmdline
 SHOWN_COMMAND_CHARS = 200
 
 
-async def holder_of(host: str, port: int) -> str | None:
-    """A description of whoever accepts connections there, or None."""
+@dataclass(frozen=True)
+class Holder:
+    """Who accepts connections on a port."""
+
+    pid: int | None  # None when the system does not say
+    description: str  # "pid N (its command line)", or "another program"
+
+
+async def holder_of(host: str, port: int) -> Holder | None:
+    """Whoever accepts connections there, or None."""
     try:
         candidates = await readiness.resolve(host, port)
     except OSError:
         return None
     if await readiness.accepts_connections(candidates) is None:
         return None
-    return describe_listener(port) or "another program"
+    pid = listener_pid(port)
+    shown = describe_process(pid) if pid is not None else None
+    return Holder(pid, shown or "another program")
 
 
 def describe_listener(port: int) -> str | None:
     """'pid N (its command line)' of the process listening on `port`, or None."""
+    pid = listener_pid(port)
+    return describe_process(pid) if pid is not None else None
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on `port`, if the system says."""
     # Listing sockets may need privileges on macOS; then the port is only
     # reported as taken, without a name.
     with contextlib.suppress(psutil.Error, OSError):
         for conn in psutil.net_connections(kind="tcp"):
             listening = conn.status == psutil.CONN_LISTEN
             if listening and conn.laddr and conn.laddr.port == port:
-                if conn.pid is None:
-                    return None
-                proc = psutil.Process(conn.pid)
-                # A stranger's command line may carry its secrets; this text
-                # reaches the log and clients' error messages.
-                shown = mask_cmdline(proc.cmdline())[:SHOWN_COMMAND_CHARS]
-                return f"pid {conn.pid} ({shown})"
+                return conn.pid
+    return None
+
+
+def describe_process(pid: int) -> str | None:
+    """'pid N (its command line)', or None if it is gone."""
+    with contextlib.suppress(psutil.Error, OSError):
+        # A stranger's command line may carry its secrets; this text
+        # reaches the log and clients' error messages.
+        shown = mask_cmdline(psutil.Process(pid).cmdline())[:SHOWN_COMMAND_CHARS]
+        return f"pid {pid} ({shown})"
     return None
