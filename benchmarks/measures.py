@@ -1,12 +1,12 @@
-"""The warm measures, each taken directly and through RPH, interleaved.
+"""The warm measures, each taken on three sides in turn.
 
-Every measure runs in rounds; each round takes one sample on each side,
-directly, through RPH and through the bare forwarder (the floor), the order
-turned every round, so that whatever else the machine does at that moment
-weighs on all three. A sample is a dict of named
-series (first-token times, per-event delays, throughputs); the CPU time RPH
-spent during the whole measure is kept alongside, since direct samples cost
-RPH nothing.
+Every measure runs in rounds; each round takes one sample on each side:
+directly, through RPH, and through the bare forwarder (the floor), in an
+order that changes every round, so that whatever else the machine does at
+that moment weighs on all three. A sample is a dict of named series
+(first-token times, per-event delays, throughputs). RPH's CPU time over
+the whole measure is kept alongside: the direct and floor samples do not
+pass through RPH, so nearly all of it goes to RPH's own samples.
 
 Each sample also checks what it received: every stream complete, every
 status 200, every large body's sha256 as sent.
@@ -26,6 +26,13 @@ from benchmarks.loads import Load
 from benchmarks.stack import Stack
 
 SIDES = ("direct", "rph", "floor")
+# A sample is swayed by the one just before it (a CPU kept busy or left to
+# idle, the stand-in's caches), so the order changes every round: each
+# rotation of the sides, then the same reversed. In every two rounds each
+# side goes before each other side once; the rotations alone would put
+# direct before RPH in two rounds of three.
+ROTATIONS = [SIDES[turn:] + SIDES[:turn] for turn in range(len(SIDES))]
+ORDERS = [order for rotation in ROTATIONS for order in (rotation, rotation[::-1])]
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 MB = 1_000_000
@@ -99,9 +106,7 @@ class Bench:
         measure = Measure()
         began, cpu = time.monotonic(), self.stack.cpu_seconds()
         for index in range(rounds):
-            turn = index % len(SIDES)
-            order = SIDES[turn:] + SIDES[:turn]
-            for side in order:
+            for side in ORDERS[index % len(ORDERS)]:
                 for name, values in (await sample(ports[side])).items():
                     measure.series.setdefault(name, {}).setdefault(side, [])
                     measure.series[name][side].extend(values)
