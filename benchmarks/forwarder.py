@@ -19,7 +19,8 @@ import sys
 import threading
 
 HOST = "127.0.0.1"
-# Below the size where Python's allocator maps fresh pages for each read.
+# Below glibc malloc's mmap threshold (128 KiB by default), so that the
+# buffer of each read comes from the heap and not from a fresh mapping.
 READ_SIZE = 64 * 1024
 
 
