@@ -128,17 +128,17 @@ async def open_stack(load: Load) -> AsyncIterator[Stack]:
         folder = Path(scratch)
         stamps = folder / "cold-stamps.txt"
         config, ports = write_config(folder, load, stamps)
-        log = folder / "rph.log"
+        log, floor_log = folder / "rph.log", folder / "forwarder.log"
         rph = (sys.executable, "-m", "rph", "--config", str(config))
         floor = (sys.executable, str(FORWARDER), str(ports["floor"]))
         async with (
             _running(*rph, "--log-level", "WARNING", log=log) as process,
-            _running(*floor, str(ports["direct"]), log=folder / "fwd.log") as forwarder,
+            _running(*floor, str(ports["direct"]), log=floor_log) as forwarder,
         ):
             try:
                 await _wait_listening(process, ports["rph"], log)
                 await _wait_listening(process, ports["cold"], log)
-                await _wait_listening(forwarder, ports["floor"], log)
+                await _wait_listening(forwarder, ports["floor"], floor_log)
                 await control(ports["rph"], "/rph/apps/bench/start")
                 yield Stack(
                     psutil.Process(process.pid),
@@ -150,8 +150,11 @@ async def open_stack(load: Load) -> AsyncIterator[Stack]:
                     log,
                 )
             except BaseException:
-                # Whatever broke, RPH's own account of it helps most.
+                # Whatever broke, RPH's own account of it helps most; the
+                # forwarder writes only when it fails (a traceback).
                 print(f"RPH's log:\n{_tail(log)}", file=sys.stderr)
+                if floor_log.stat().st_size:
+                    print(f"The forwarder's log:\n{_tail(floor_log)}", file=sys.stderr)
                 raise
 
 
