@@ -111,9 +111,9 @@ def _number(value: float | None, width: int) -> str:
     return f"{value:{width}.2f}"
 
 
+# The narrowest the label column gets; the longest label widens it.
 LABEL_WIDTH = 46
-HEADER = (
-    f"{'measure':<{LABEL_WIDTH}}"
+COLUMNS = (
     f"{'direct p50':>11}{'tail':>8}{'RPH p50':>10}{'tail':>8}{'ratio':>8}"
     f"{'floor':>7}  target"
 )
@@ -121,20 +121,26 @@ HEADER = (
 
 def table(sections: list[tuple[str, list[Row]]]) -> str:
     """The table for a terminal: one line per row, sections as headings."""
-    lines = [HEADER, "-" * len(HEADER)]
+    labels = [_label(row) for _, rows in sections for row in rows]
+    width = max([LABEL_WIDTH, *(len(label) + 1 for label in labels)])
+    header = f"{'measure':<{width}}{COLUMNS}"
+    lines = [header, "-" * len(header)]
     for title, rows in sections:
         lines.append(title)
         for row in rows:
-            lines.append(_line(row))
+            lines.append(_line(row, width))
     return "\n".join(lines)
 
 
-def _line(row: Row) -> str:
-    label = f"  {row.label} ({row.unit})"
+def _label(row: Row) -> str:
+    return f"  {row.label} ({row.unit})"
+
+
+def _line(row: Row, width: int) -> str:
     direct = row.stats(row.direct) if row.direct is not None else None
     rph = row.stats(row.rph)
     cells = [
-        f"{label:<{LABEL_WIDTH}}",
+        f"{_label(row):<{width}}",
         _number(direct["p50"] if direct else None, 11),
         _number(direct["tail"] if direct else None, 8),
         _number(rph["p50"], 10),

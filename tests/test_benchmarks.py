@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+from benchmarks.report import Row, table
+
 # A smoke run takes a few seconds; a busy machine may take several times that.
 SMOKE_RUN_LIMIT = 120
 
@@ -50,3 +52,19 @@ def test_benchmark_smoke_run_passes_its_integrity_checks(tmp_path: Path) -> None
     rows = [row for section in report["sections"].values() for row in section]
     assert all(row["rph"]["n"] for row in rows), "a measure has no samples"
     assert "first token, fresh connection" in run.stdout  # the table was printed
+
+
+def test_the_table_keeps_its_columns_aligned_under_a_long_label() -> None:
+    long_label = "small requests, one keep-alive connection, and then some"
+    rows = [
+        Row("short", "ms", rph=[2.0], direct=[1.0], floor=[1.5]),
+        Row(long_label, "req/s", rph=[2000.0], direct=[4000.0], floor=[3000.0]),
+    ]
+
+    header, _, _, *lines = table([("warm", rows)]).splitlines()
+
+    # Every figure's column ends where its heading does.
+    ratio_end = header.index("ratio") + len("ratio")
+    floor_end = header.index("floor") + len("floor")
+    assert [line[ratio_end - 4 : ratio_end] for line in lines] == ["2.00", "0.50"]
+    assert [line[floor_end - 4 : floor_end] for line in lines] == ["1.50", "0.75"]
