@@ -51,6 +51,13 @@ def test_benchmark_smoke_run_passes_its_integrity_checks(tmp_path: Path) -> None
 
     rows = [row for section in report["sections"].values() for row in section]
     assert all(row["rph"]["n"] for row in rows), "a measure has no samples"
+    compared = [row for row in rows if row["direct"] is not None]
+    assert compared, "no measure was taken directly"
+    for row in compared:
+        # The floor is absent from the JSON when it has no samples.
+        assert row["direct"]["n"], f"{row['label']!r} has no direct samples"
+        assert row["floor"], f"{row['label']!r} has no samples through the floor"
+        assert row["floor"]["n"], f"{row['label']!r} has no samples through the floor"
     assert "first token, fresh connection" in run.stdout  # the table was printed
 
 
