@@ -26,6 +26,8 @@ from rph.proc.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "examples" / "standin.py"
+# How often wait_accepting tries to connect.
+ACCEPT_POLL = 0.05
 
 
 def free_port() -> int:
@@ -131,6 +133,20 @@ class Response:
         import orjson
 
         return orjson.loads(self.body)
+
+
+async def wait_accepting(port: int, process: trio.Process | None = None) -> None:
+    """Wait until something accepts connections on `port`; with `process`,
+    fail at once if that process exits first."""
+    while True:
+        assert process is None or process.returncode is None, "it exited"
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(ACCEPT_POLL)
+            continue
+        await stream.aclose()
+        return
 
 
 async def connect(port: int, host: str = "127.0.0.1") -> trio.SocketStream:

@@ -32,6 +32,7 @@ from support import (
     python_program,
     request,
     running_rph,
+    wait_accepting,
 )
 
 from rph.proc import platform
@@ -212,19 +213,6 @@ async def rph_process(config: Path, log: Path) -> AsyncIterator[trio.Process]:
         await end(process)
 
 
-async def wait_serving(port: int, process: trio.Process) -> None:
-    """Wait until RPH accepts connections on `port`."""
-    while True:
-        assert process.returncode is None, "RPH exited"
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(POLL)
-            continue
-        await stream.aclose()
-        return
-
-
 async def status(port: int) -> dict[str, Any]:
     response = await request(port, "GET", "/rph/status")
     assert response.status == 200
@@ -260,7 +248,7 @@ async def test_rph_killed_while_a_pausable_runs(tmp_path: Path) -> None:
     leftovers: list[int] = []
     try:
         async with rph_process(config, log) as first:
-            await wait_serving(port, first)
+            await wait_accepting(port, first)
             miner = (await status(port))["pausables"][0]
             leftovers = [miner["pid"], *await wait_for_descendants(miner["pid"])]
             assert state_files(tmp_path)
@@ -273,7 +261,7 @@ async def test_rph_killed_while_a_pausable_runs(tmp_path: Path) -> None:
         assert not is_gone(leftovers[1])
 
         async with rph_process(config, log) as second:
-            await wait_serving(port, second)
+            await wait_accepting(port, second)
             # Before it served anything, the leftover worker was ended.
             assert all(is_gone(pid) for pid in leftovers)
             resumed = (await status(port))["pausables"][0]
@@ -321,7 +309,7 @@ async def test_rph_killed_while_apps_run(tmp_path: Path) -> None:
     leftovers: list[int] = []
     try:
         async with rph_process(config, log) as first:
-            await wait_serving(port, first)
+            await wait_accepting(port, first)
             for name in ("plain", "wrapped"):
                 started = await request(port, "POST", f"/rph/apps/{name}/start")
                 assert started.status == 200
@@ -336,7 +324,7 @@ async def test_rph_killed_while_apps_run(tmp_path: Path) -> None:
         assert not is_gone(survivor)  # still holding its port
 
         async with rph_process(config, log) as second:
-            await wait_serving(port, second)
+            await wait_accepting(port, second)
             assert all(is_gone(pid) for pid in leftovers)
             # The port is free again: the app starts anew, no 502 "port in use".
             body = b'{"prompt": "hi", "max_tokens": 1}'

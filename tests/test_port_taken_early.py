@@ -14,7 +14,15 @@ import os
 
 import pytest
 import trio
-from support import app, free_port, pausable, python_program, request, running_rph
+from support import (
+    app,
+    free_port,
+    pausable,
+    python_program,
+    request,
+    running_rph,
+    wait_accepting,
+)
 
 from rph.proc.ondemand import State
 from rph.proc.pausable import PausableState
@@ -22,27 +30,12 @@ from rph.proc.pausable import PausableState
 # A program that prints a line and then holds on, like a training run.
 TRAINING = python_program("import time; print('epoch 1', flush=True); time.sleep(120)")
 
-# How often a port that nothing notifies about is tried again.
-POLL = 0.05
-
-
 def listening_program(port: int) -> tuple[str, ...]:
     """A pausable that holds `port`, as a server of its own would."""
     return python_program(
         "import socket, time; s = socket.socket();"
         f" s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(120)"
     )
-
-
-async def wait_listening(port: int) -> None:
-    while True:
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(POLL)
-            continue
-        await stream.aclose()
-        return
 
 
 @pytest.mark.timeout(20)
@@ -100,7 +93,7 @@ async def test_a_port_a_pausable_holds_is_freed_for_the_app() -> None:
     llm = app("llm", backend_port=backend)
     holder = pausable("holder", listening_program(backend))
     async with running_rph([llm], [holder]) as rph:
-        await wait_listening(backend)
+        await wait_accepting(backend)
 
         answer = await request(rph.port, "GET", "/v1/models")
 
