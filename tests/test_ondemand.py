@@ -221,6 +221,26 @@ async def test_body_regex_chooses_the_app_and_unknown_paths_get_404() -> None:
 
 
 @pytest.mark.timeout(20)
+async def test_a_404_under_a_longer_path_names_the_apps_whose_patterns_failed() -> None:
+    # `a` would take model "a", but `/v1` is the longer path: its apps alone
+    # are asked, and the message must not read as "nothing serves /v1".
+    apps = [
+        app("a", body_regex='"model": "a"'),
+        app("b", path="/v1", body_regex='"model": "b"'),
+    ]
+    async with running_rph(apps) as rph:
+        body = orjson.dumps({"model": "a", "prompt": "Hi"})
+        response = await request(rph.port, "POST", "/v1/completions", body)
+
+        assert response.status == 404
+        message = response.json()["error"]["message"]
+        assert "/v1/completions" in message
+        assert "under /v1 go only to the apps of that path (b)" in message
+        assert "no body_regex of theirs matched" in message
+        assert rph.supervisor.apps["a"].starts == 0
+
+
+@pytest.mark.timeout(20)
 async def test_the_seeds_pattern_routes_a_big_body_without_a_pause() -> None:
     async with running_rph(two_models(".*summarize.*")) as rph:
         assert await model_answering(rph.port, "warm up") == "chat"

@@ -82,7 +82,21 @@ class PortRouter:
         if chosen is None:
             chosen = next((a for a in candidates if a.body_regex is None), None)
         if chosen is None:
-            raise NoRoute(f"no app on this port answers {path}")
+            raise NoRoute(_no_route_message(path, candidates))
         passive = any(under(path, p) for p in chosen.passive_paths)
         siblings = tuple(a.name for a in candidates) if passive else ()
         return Route(chosen, passive, siblings)
+
+
+def _no_route_message(path: str, candidates: list[AppConfig]) -> str:
+    if not candidates:
+        return f"no app on this port answers {path}"
+    # The longest path wins even when its apps all turn the body down; name
+    # them, or an app of a shorter path whose pattern fits looks passed over.
+    prefix = candidates[0].path
+    names = ", ".join(app.name for app in candidates)
+    return (
+        f"no app on this port answers {path} with this body: requests under"
+        f" {prefix} go only to the apps of that path ({names}), and no"
+        " body_regex of theirs matched"
+    )
