@@ -15,16 +15,18 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 
 from rph import __version__, status_command
-from rph.config import Config, ConfigError, find_config_file, load_config
+from rph.config import AppConfig, Config, ConfigError, find_config_file, load_config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.daemon import serve
 from rph.hosts import bracketed
 from rph.logline import OneLineFormatter
+from rph.net.router import under
 from rph.portcheck import port_problems
 from rph.proc.leftovers import AlreadyRunning, Ledger
 from rph.proc.lifetime import kill_every_tree
@@ -192,7 +194,32 @@ def summary(config: Config) -> str:
         lines.append(f"  {app.name}: {route} -> {app.endpoint}; {'; '.join(facts)}")
     for pausable in config.pausables:
         lines.append(f"  {pausable.name}: pausable, {mask_cmdline(pausable.cmdline)}")
+    lines.extend(f"  note: {note}" for note in shadowed_paths(config.apps))
     return "\n".join(lines)
+
+
+def shadowed_paths(apps: Sequence[AppConfig]) -> list[str]:
+    """A line for each path whose apps all need a body_regex to match while
+    a shorter path of the same port has apps: the longest path wins, so a
+    body none of them matches gets 404 rather than reaching the shorter
+    path's apps — legal, but easy to mistake for a fallback."""
+    groups: dict[tuple[int, str], list[AppConfig]] = {}
+    for app in apps:
+        groups.setdefault((app.port, app.path), []).append(app)
+
+    notes = []
+    for (port, path), group in groups.items():
+        if any(app.body_regex is None for app in group):
+            continue
+        shorter = [p for q, p in groups if q == port and p != path and under(path, p)]
+        if not shorter:
+            continue
+        names = ", ".join(app.name for app in group)
+        notes.append(
+            f"port {port}: a request under {path} that no body_regex of {names}"
+            f" matches gets 404; the apps of {max(shorter, key=len)} are not tried"
+        )
+    return notes
 
 
 if __name__ == "__main__":

@@ -151,6 +151,30 @@ async def test_check_prints_one_line_per_app_and_exits_0(tmp_path: Path) -> None
     assert training.startswith("  training: pausable")
 
 
+async def test_check_notes_a_path_whose_patterns_hide_a_shorter_path(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    path = write_config(
+        tmp_path / "config.json",
+        [
+            entry("a", port, body_regex='"model": "a"'),
+            entry("b", port, path="/v1", body_regex='"model": "b"'),
+            entry("c", port, path="/api", body_regex="c"),
+            entry("api", port, path="/api"),
+        ],
+    )
+    done = await run_rph("--check", "--config", str(path))
+
+    # Still a good config: the note is for the reader, not a refusal.
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.decode().splitlines() if "note:" in line]
+    assert notes == [
+        f"  note: port {port}: a request under /v1 that no body_regex of b"
+        " matches gets 404; the apps of / are not tried"
+    ]
+
+
 async def test_check_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
     path = write_config(
         tmp_path / "config.json",
