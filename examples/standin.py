@@ -977,8 +977,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
 
 
 def say(message: str) -> None:
-    """Print one lifecycle line; tests and RPH read stdout line by line."""
-    print(f"standin: {message}", flush=True)
+    """Print one lifecycle line; tests and RPH read stdout line by line.
+
+    No name in front, as real servers print theirs: RPH already puts the
+    app's name before each line it logs or shows in `rph status`."""
+    print(message, flush=True)
 
 
 def on_stop_signals(callback: Callable[[], None]) -> None:

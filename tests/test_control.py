@@ -152,7 +152,7 @@ async def test_status_follows_an_app_from_stopped_to_ready_to_stopped() -> None:
         assert last["state"] == "stopped"
         assert last["pid"] is None
         assert last["starts"] == 1
-        assert last["last_output"][-1] == "standin: stopping"
+        assert last["last_output"][-1] == "stopping"
 
 
 def supervisor_port(rph: Any) -> int:

@@ -70,7 +70,7 @@ async def test_start_ready_idle_stop_and_exit(log: pytest.LogCaptureFixture) -> 
     line_matching(log, rf"listening on http://127\.0\.0\.1:{rph.port} for llm")
     started = line_matching(log, r"starting llm: .*")
     assert " ".join(llm.cmdline) in started
-    line_matching(log, r"\[llm\] standin: listening on http://127\.0\.0\.1:\d+")
+    line_matching(log, r"\[llm\] listening on http://127\.0\.0\.1:\d+")
     line_matching(log, r"llm ready after \d+\.\d s")
     line_matching(log, r"stopping llm \(idle for [\d.]+ min\)")
     line_matching(
@@ -158,7 +158,7 @@ async def test_a_long_start_says_it_is_still_waiting(
     async with running_rph([slow]) as rph:
         assert (await request(rph.port, "GET", "/v1/models")).status == 200
 
-    line_matching(log, r"still waiting for llm, \d+ s: standin: loading model for 1 s")
+    line_matching(log, r"still waiting for llm, \d+ s: loading model for 1 s")
 
 
 @pytest.mark.timeout(30)

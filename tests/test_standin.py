@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 STANDIN = Path(__file__).resolve().parent.parent / "examples" / "standin.py"
-LISTENING = re.compile(r"standin: listening on http://127\.0\.0\.1:(\d+)\n")
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)\n")
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def running_standin(*args: str) -> Iterator[int]:
             process.communicate()
             raise
     assert process.returncode == 0
-    assert rest == "standin: stopping\n"
+    assert rest == "stopping\n"
 
 
 def get_json(port: int, path: str) -> Any:
