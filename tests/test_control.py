@@ -8,14 +8,17 @@ and every answer comes when what it says is true.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 import trio
 from support import (
+    ROOT,
     STANDIN,
     Response,
     app,
@@ -46,6 +49,8 @@ os.execv(sys.executable, [sys.executable, standin, "--port", port, *options])
 
 # How often the starting app's status is asked for until it has a pid.
 POLL = 0.02
+
+README = ROOT / "README.md"
 
 SLEEPER = "import time; print('up', flush=True); time.sleep(3600)"
 
@@ -165,6 +170,27 @@ def is_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def readme_status_example() -> dict[str, Any]:
+    """The `/rph/status` answer that README.md shows in full."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```json\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    shown = [orjson.loads(block) for block in blocks if '"apps": [' in block]
+    assert len(shown) == 1, "README.md should show one whole status answer"
+    return dict(shown[0])
+
+
+@pytest.mark.timeout(20)
+async def test_status_has_the_readmes_keys_in_the_readmes_order() -> None:
+    example = readme_status_example()
+    training = pausable("training", python_program(SLEEPER))
+    async with running_rph([app("chat")], [training]) as rph:
+        status = await get(rph.port, "/rph/status")
+
+    assert list(status) == list(example)
+    assert list(status["apps"][0]) == list(example["apps"][0])
+    assert list(status["pausables"][0]) == list(example["pausables"][0])
 
 
 @pytest.mark.timeout(30)

@@ -18,7 +18,11 @@ STATUS_LINES = 5
 
 
 def describe(supervisor: Supervisor) -> dict[str, Any]:
-    """Every app and pausable with its state; the coordinator's state."""
+    """Every app and pausable with its state; the coordinator's state.
+
+    The keys come in the order README.md shows them, the long
+    `last_output` after the counters, so that a pretty-printed answer reads
+    like the README's example; a test holds the two together."""
     now = trio.current_time()
     apps = []
     for app in supervisor.apps.values():
@@ -27,7 +31,7 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
             {
                 "name": app.name,
                 "state": app.state.value,
-                **_process(app.child, app.last_lines, now),
+                **_process(app.child, now),
                 "in_flight": app.in_flight,
                 "waiting": supervisor.waiting_for(app.name),
                 "idle_stop_in": None
@@ -38,6 +42,7 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
                 "port": app.config.port,
                 "path": app.config.path,
                 "endpoint": app.config.endpoint,
+                "last_output": _last_output(app.child, app.last_lines),
                 "ready": app.state is State.READY,
             }
         )
@@ -47,11 +52,12 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
             {
                 "name": pausable.name,
                 "state": pausable.state.value,
-                **_process(pausable.child, pausable.last_lines, now),
+                **_process(pausable.child, now),
                 "restarts": pausable.restarts,
                 "restart_in": None
                 if pausable.restart_at is None
                 else round(max(0.0, pausable.restart_at - now), 1),
+                "last_output": _last_output(pausable.child, pausable.last_lines),
             }
         )
     return {
@@ -61,13 +67,15 @@ def describe(supervisor: Supervisor) -> dict[str, Any]:
     }
 
 
-def _process(
-    child: Child | None, kept_lines: Sequence[str], now: float
-) -> dict[str, Any]:
-    """The running process's fields, or what it printed before it stopped."""
-    lines = list(child.last_lines if child else kept_lines)
+def _process(child: Child | None, now: float) -> dict[str, Any]:
+    """The running process's pid and uptime, both None when none runs."""
     return {
         "pid": child.pid if child else None,
         "uptime": round(now - child.started_at, 1) if child else None,
-        "last_output": lines[-STATUS_LINES:],
     }
+
+
+def _last_output(child: Child | None, kept_lines: Sequence[str]) -> list[str]:
+    """What the program prints now, or printed before it stopped."""
+    lines = list(child.last_lines if child else kept_lines)
+    return lines[-STATUS_LINES:]
