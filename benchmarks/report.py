@@ -47,6 +47,9 @@ class Row:
     target: tuple[str, float] | None = None
     # Which value is judged when there is no direct side.
     judged: str = "p50"
+    # Why the row has no figure, when it could not be measured; its `rph`
+    # is then empty and the JSON has null in its place.
+    not_measured: str | None = None
 
     def stats(self, values: list[float]) -> dict[str, float]:
         tail = 0.01 if self.higher_is_better else 0.99
@@ -89,7 +92,8 @@ class Row:
             "label": self.label,
             "unit": self.unit,
             "direct": self.stats(self.direct) if self.direct is not None else None,
-            "rph": self.stats(self.rph),
+            "rph": None if self.not_measured else self.stats(self.rph),
+            "not_measured": self.not_measured,
             "ratio": self.ratio,
             "floor": self.stats(self.floor) if self.floor else None,
             "floor_ratio": self.floor_ratio,
@@ -110,6 +114,10 @@ def _number(value: float | None, width: int) -> str:
         return f"{value:{width}.1f}"
     return f"{value:{width}.2f}"
 
+
+# What stands in RPH's p50 column for a figure not measured: not a 0, and
+# not the "-" of a figure that came out NaN.
+NOT_MEASURED = "—"
 
 # The narrowest the label column gets; the longest label widens it.
 LABEL_WIDTH = 46
@@ -137,6 +145,9 @@ def _label(row: Row) -> str:
 
 
 def _line(row: Row, width: int) -> str:
+    if row.not_measured:
+        line = f"{_label(row):<{width}}{NOT_MEASURED:>29}"
+        return f"{line}  not measured: {row.not_measured}"
     direct = row.stats(row.direct) if row.direct is not None else None
     rph = row.stats(row.rph)
     cells = [

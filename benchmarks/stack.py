@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -44,6 +45,11 @@ RPH_START_LIMIT = 30.0
 PORT_POLL = 0.02
 # RPH stops its apps on SIGTERM; the stand-in exits at once.
 RPH_STOP_LIMIT = 20.0
+# The step in which another process's CPU time is counted: Linux counts it
+# in clock ticks (1/SC_CLK_TCK s, 10 ms as a rule), Windows at each timer
+# interrupt (1/64 s unless a program asks for more). macOS counts finer;
+# the tick is then a safe bound. Less than one step may read as 0.
+CPU_TICK = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 1 / 64
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 from benchmarks.loads import MIB, Load
 from benchmarks.measures import Measure
 from benchmarks.report import Row
+from benchmarks.stack import CPU_TICK
 
 US_PER_S = 1_000_000
 
@@ -149,17 +150,19 @@ def _cpu(load: Load, results: dict[str, Any]) -> list[Row]:
     keepalive: Measure = results["keepalive"]
     requests = load.keepalive_rounds * load.keepalive_requests
     return [
-        Row(
-            f"per streamed event ({clients} streams)",
-            "µs",
-            [busiest.rph_cpu / events * US_PER_S],
-        ),
-        Row(
-            "per small keep-alive request",
-            "µs",
-            [keepalive.rph_cpu / requests * US_PER_S],
-        ),
+        cpu_row(f"per streamed event ({clients} streams)", busiest.rph_cpu, events),
+        cpu_row("per small keep-alive request", keepalive.rph_cpu, requests),
     ]
+
+
+def cpu_row(label: str, cpu_seconds: float, count: int) -> Row:
+    """RPH's CPU time per unit of work, or a row that says it was too
+    little to count: under one tick the clock may read 0 whatever the
+    cost, and "0.00 µs" would read as a measurement."""
+    if cpu_seconds < CPU_TICK:
+        reason = f"RPH used under one CPU clock tick ({CPU_TICK * 1000:g} ms)"
+        return Row(label, "µs", [], not_measured=reason)
+    return Row(label, "µs", [cpu_seconds / count * US_PER_S])
 
 
 def _memory(results: dict[str, Any]) -> list[Row]:

@@ -17,6 +17,8 @@ import pytest
 from support import ROOT
 
 from benchmarks.report import Row, table
+from benchmarks.stack import CPU_TICK
+from benchmarks.summary import cpu_row
 
 # A smoke run takes a few seconds; a busy machine may take several times that.
 SMOKE_RUN_LIMIT = 120
@@ -50,7 +52,12 @@ def test_benchmark_smoke_run_passes_its_integrity_checks(tmp_path: Path) -> None
         assert passed.get(check), f"{check!r} never ran"
 
     rows = [row for section in report["sections"].values() for row in section]
-    assert all(row["rph"]["n"] for row in rows), "a measure has no samples"
+    # A smoke run may use too little CPU to count; such a row says so.
+    unmeasured = [row for row in rows if row["rph"] is None]
+    assert all(row["not_measured"] for row in unmeasured)
+    assert {row["unit"] for row in unmeasured} <= {"µs"}
+    measured = [row for row in rows if row["rph"] is not None]
+    assert all(row["rph"]["n"] for row in measured), "a measure has no samples"
     compared = [row for row in rows if row["direct"] is not None]
     assert compared, "no measure was taken directly"
     for row in compared:
@@ -75,3 +82,20 @@ def test_the_table_keeps_its_columns_aligned_under_a_long_label() -> None:
     floor_end = header.index("floor") + len("floor")
     assert [line[ratio_end - 4 : ratio_end] for line in lines] == ["2.00", "0.50"]
     assert [line[floor_end - 4 : floor_end] for line in lines] == ["1.50", "0.75"]
+
+
+def test_cpu_too_little_to_count_is_shown_as_not_measured_not_as_zero() -> None:
+    rows = [
+        cpu_row("per small keep-alive request", 0.0, 20),
+        cpu_row("per streamed event", 2 * CPU_TICK, 10_000),
+    ]
+
+    _, _, _, unmeasured, measured = table([("CPU", rows)]).splitlines()
+
+    assert "0.00" not in unmeasured
+    assert "—  not measured: RPH used under one CPU clock tick" in unmeasured
+    assert "not measured" not in measured
+    assert f"{2 * CPU_TICK / 10_000 * 1_000_000:.2f}" in measured
+    assert rows[0].as_json()["rph"] is None
+    assert rows[1].as_json()["rph"]["n"] == 1
+    assert rows[1].as_json()["not_measured"] is None
