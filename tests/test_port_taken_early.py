@@ -30,6 +30,7 @@ from rph.proc.pausable import PausableState
 # A program that prints a line and then holds on, like a training run.
 TRAINING = python_program("import time; print('epoch 1', flush=True); time.sleep(120)")
 
+
 def listening_program(port: int) -> tuple[str, ...]:
     """A pausable that holds `port`, as a server of its own would."""
     return python_program(
