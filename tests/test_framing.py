@@ -94,6 +94,26 @@ def test_a_body_fed_a_chunk_at_a_time_ends_in_the_same_place(
             feed_all([pieces[0][:-2] + b"x\r\n"])
 
 
+@pytest.mark.parametrize(
+    ("pieces", "end"),
+    [
+        # A piece shaped like a whole chunk but for its last two bytes.
+        ([b"5\r\nhelloXY", b"3\r\nabc\r\n0\r\n\r\n"], None),
+        # A piece shaped like a whole chunk inside another chunk's data.
+        ([b"8\r\n", b"1\r\nx\r\n", b"AB\r\n0\r\n\r\n"], 18),
+    ],
+    ids=["no CRLF after the data", "within a chunk's data"],
+)
+def test_pieces_that_look_like_whole_chunks(
+    pieces: list[bytes], end: int | None
+) -> None:
+    if end is None:
+        with pytest.raises(ValueError, match="chunk"):
+            feed_all(pieces)
+    else:
+        assert feed_all(pieces) == end
+
+
 @given(body=chunked_bodies(), cut=st.integers(min_value=1))
 def test_an_unfinished_chunked_body_never_ends(body: bytes, cut: int) -> None:
     unfinished = body[: cut % len(body)]

@@ -178,7 +178,7 @@ async def test_client_leaving_mid_body_sends_nothing_to_a_running_app() -> None:
         assert (await backend_stats(llm))["requests"] == 1  # this one
 
 
-@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("how", ["close", "reset", "half-close"])
 async def test_client_leaving_a_silent_stream_closes_the_backend_connection(
     how: str,
 ) -> None:
@@ -200,6 +200,9 @@ async def test_client_leaving_a_silent_stream_closes_the_backend_connection(
         socket.create_connection(("127.0.0.1", {report_port})).sendall(seen)
     """
     async with running_rph([scripted_app("llm", script)]) as rph:
+        # Ready, so that a lane answers when there are lanes: its wait
+        # during a stream must watch the client too.
+        await rph.supervisor.preload("llm")
         sock = await connect(rph.port)
         await sock.send_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
         received = b""
@@ -208,12 +211,16 @@ async def test_client_leaving_a_silent_stream_closes_the_backend_connection(
         if how == "reset":
             linger = struct.pack("ii", 1, 0)
             sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        await sock.aclose()
+        if how == "half-close":
+            await sock.send_eof()  # passed on: the backend reads its end
+        else:
+            await sock.aclose()
 
         with trio.fail_after(5):
             report, _ = await listener.accept()
         with report, trio.fail_after(5):
             assert await report.recv(16) == b"closed"
+        await sock.aclose()  # a second close changes nothing
     listener.close()
 
 

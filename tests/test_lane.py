@@ -11,6 +11,7 @@ conflicting app still gets its turn after a stream that a lane relayed
 from __future__ import annotations
 
 import hashlib
+import socket
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from support import (
     status_of,
 )
 
-from rph.net import http, lane
+from rph.net import client, http, lane, laneio, waits
 from rph.proc.ondemand import State
 
 STREAM = b'{"prompt": "hi", "max_tokens": 5, "stream": true}'
@@ -130,6 +131,52 @@ async def test_rph_stops_at_once_under_a_lane_in_a_stream_gone_silent() -> None:
         # Cut short: the client never got the chunk that ends the body.
         assert not (await read_until_eof(sock)).endswith(b"0\r\n\r\n")
         await sock.aclose()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("client_sends", ["its end", "more than a full buffer"])
+async def test_a_stream_gone_silent_is_waited_on_not_spun_on(
+    client_sends: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that half-closes, or pipelines more than the lane may hold,
+    # while the stream is silent: the lane takes what it may once and then
+    # waits for the backend alone, rather than waking again and again on a
+    # client it does not read.
+    wakes = 0
+    wait = waits.Watch.wait
+
+    def counting_wait(self: waits.Watch) -> list[socket.socket]:
+        nonlocal wakes
+        wakes += 1
+        return wait(self)
+
+    monkeypatch.setattr(waits.Watch, "wait", counting_wait)
+    # Full after one read, with bytes left unread in the socket.
+    monkeypatch.setattr(laneio, "PIPELINE_BUFFER_LIMIT", 16)
+    stalled = scripted_app(
+        "llm",
+        "conn.sendall(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+        "5\\r\\nfirst\\r\\n'); time.sleep(60)",
+    )
+    async with running_rph([stalled]) as rph:
+        await rph.supervisor.preload("llm")
+        sock = await connect(rph.port)
+        async with sock:
+            await sock.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while not received.endswith(b"first\r\n"):
+                received += await sock.receive_some(1024)
+            if client_sends == "its end":
+                await sock.send_eof()
+            else:
+                # More than the socket's buffers hold while RPH reads no
+                # more: the send is cut short, with bytes left unread.
+                with trio.move_on_after(1):
+                    await sock.send_all(b"G" * (4 * client.READ_SIZE))
+            # The backend stays silent; a lane spinning on the client would
+            # wake thousands of times in this while.
+            await trio.sleep(0.5)
+            assert wakes <= 3
 
 
 @pytest.mark.timeout(20)

@@ -62,53 +62,52 @@ class LaneIO:
         else:
             self.conn.eof = True
 
-    def from_backend(self, upstream: Upstream) -> bytes:
+    def from_backend(self, upstream: Upstream, watch: Watch | None = None) -> bytes:
         """The backend's next bytes, b"" at EOF, watching the client meanwhile.
 
-        Raises OSError if the backend broke, ClientAborted if the client
-        left.
+        Waits through `watch` if given (see open_backend_watch), else
+        through a wait made for this read alone. Raises OSError if the
+        backend broke, ClientAborted if the client left.
         """
         backend = upstream.fast.raw
         while True:
-            conn = self.conn
-            watched = [backend, self._client] if self._watching() else [backend]
-            ready = self._wait(watched)
+            if watch is not None:
+                ready = watch.wait()
+            elif self._watching():
+                ready = self._wait([backend, self._client])
+            else:
+                ready = self._wait([backend])
             if self._client in ready:
-                self.take_from_client()
-                if conn.reset:
-                    raise ClientAborted
-                if conn.eof:
-                    half_close(upstream)
+                self._heard_client(upstream, watch)
             if backend in ready:
                 try:
                     return backend.recv(fastio.BACKEND_READ)
                 except BlockingIOError:
                     continue
 
-    def watch_backend(self, upstream: Upstream) -> Watch:
+    def open_backend_watch(self, upstream: Upstream) -> Watch:
         """A standing wait on the backend, and on the client while it may
-        send; see `on_client`."""
+        send, for the reads of a whole body; close it after."""
         watched = [upstream.fast.raw]
         if self._watching():
             watched.append(self._client)
-        return self._stop.watch(watched)
+        return self._stop.open_watch(watched)
 
-    def on_client(self, upstream: Upstream, watch: Watch) -> None:
-        """Take what the client sent during a `watch`, as from_backend does.
+    def _heard_client(self, upstream: Upstream, watch: Watch | None) -> None:
+        """Take what the client sent while the lane waited on the backend.
 
         Raises ClientAborted if the client left.
         """
-        self.take_from_client()
-        if self.conn.reset:
-            raise ClientAborted
+        if self._watching():
+            self.take_from_client()
+            if self.conn.reset:
+                raise ClientAborted
         if self.conn.eof:
             half_close(upstream)
-        if not self._watching():
+        # A standing watch would wake again and again on an EOF or on a
+        # full buffer: the client is watched no more.
+        if watch is not None and not self._watching():
             watch.drop(self._client)
-
-    @property
-    def client(self) -> socket.socket:
-        return self._client
 
     def to_client(self, data: bytes) -> None:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from trio.abc import Clock
 
 from rph.errors import BackendFailed
-from rph.net import fastio
 from rph.net.framing import BodyEnd, Framing, HeadGatherer, ResponseHead
 from rph.net.http import Request
 from rph.net.laneio import LaneIO
@@ -86,6 +85,7 @@ def _relay_body(
         return True, not data
 
     body = BodyEnd(response)
+    watch = None
     try:
         while True:
             try:
@@ -107,47 +107,16 @@ def _relay_body(
                 moved = io.splice_to_client(upstream, body.remaining)
                 body.relayed += moved
                 return moved == body.remaining, True
-            if body.is_stream:
-                return _stream_rest(io, upstream, body)
+            if body.is_stream and watch is None:
+                # A stream waits once a token: one wait for the whole body.
+                watch = io.open_backend_watch(upstream)
             try:
-                data = io.from_backend(upstream)
+                data = io.from_backend(upstream, watch)
             except OSError:
                 return False, False
             if not data:
                 return body.ends_at_close, True
     finally:
+        if watch is not None:
+            watch.close()
         outcome.bytes_down = body.relayed
-
-
-def _stream_rest(io: LaneIO, upstream: Upstream, body: BodyEnd) -> tuple[bool, bool]:
-    """Relay the rest of a stream's body; whether it ended as framed, and
-    cleanly.
-
-    A token's path through RPH: one wait, one read, one write, with the
-    wait standing for the whole body rather than set up for each token.
-    """
-    backend, client = upstream.fast.raw, io.client
-    with io.watch_backend(upstream) as watch:
-        while True:
-            ready = watch.wait()
-            if client in ready:
-                io.on_client(upstream, watch)
-            if backend not in ready:
-                continue
-            try:
-                piece = backend.recv(fastio.BACKEND_READ)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return False, False
-            if not piece:
-                return body.ends_at_close, True
-            try:
-                data, ended, clean = body.cut(piece)
-            except ValueError:
-                return False, False
-            if data:
-                io.to_client(data)
-                body.relayed += len(data)
-            if ended:
-                return True, clean

@@ -68,8 +68,8 @@ class StopSocket:
             raise Stopped
         return ready
 
-    def watch(self, readers: list[socket.socket]) -> Watch:
-        """A standing wait on `readers` and this stop socket."""
+    def open_watch(self, readers: list[socket.socket]) -> Watch:
+        """A standing wait on `readers` and this stop socket; close it."""
         return Watch(self, readers)
 
     def connect(
@@ -131,21 +131,23 @@ class Watch:
     """
 
     def __init__(self, stop: StopSocket, readers: list[socket.socket]) -> None:
+        self._owner = stop
         self._stop = stop.reader
         self._readers = list(readers)
         self._by_fd = {sock.fileno(): sock for sock in readers}
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         if self._epoll is not None:
-            for fd in (*self._by_fd, self._stop.fileno()):
-                self._epoll.register(fd, select.EPOLLIN)
+            try:
+                for fd in (*self._by_fd, self._stop.fileno()):
+                    self._epoll.register(fd, select.EPOLLIN)
+            except BaseException:
+                self._epoll.close()
+                raise
 
     def __repr__(self) -> str:
         return f"<Watch fds={sorted(self._by_fd)}>"
 
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
+    def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
 
@@ -160,10 +162,7 @@ class Watch:
     def wait(self) -> list[socket.socket]:
         """The readable sockets, once there is one. Raises Stopped."""
         if self._epoll is None:
-            ready = _ready([*self._readers, self._stop], None, None)
-            if self._stop in ready:
-                raise Stopped
-            return ready
+            return self._owner.wait(self._readers)
         # An error or hang-up counts as readable: the read says which.
         by_fd = self._by_fd
         ready = [by_fd.get(fd, self._stop) for fd, _ in self._epoll.poll()]
