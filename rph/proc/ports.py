@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass
 
 import psutil
+import trio
 
 from rph.proc import readiness
 from rph.redact import mask_cmdline
@@ -36,6 +37,12 @@ async def holder_of(host: str, port: int) -> Holder | None:
         return None
     if await readiness.accepts_connections(candidates) is None:
         return None
+    # Listing every socket and reading a command line take milliseconds,
+    # and requests keep asking while the port stays taken: not in the loop.
+    return await trio.to_thread.run_sync(_holder_listening_on, port)
+
+
+def _holder_listening_on(port: int) -> Holder:
     pid = listener_pid(port)
     shown = describe_process(pid) if pid is not None else None
     return Holder(pid, shown or "another program")

@@ -214,7 +214,10 @@ class Supervisor:
         if any(o.is_active() and o.config.endpoint_port == port for o in others):
             return  # an app of RPH's holds it, and makes way before the start
         holder = await app.endpoint_holder()
-        if holder is None or self._may_be_ours(holder.pid):
+        if holder is None:
+            return
+        # Walking the process trees reads the process table: not in the loop.
+        if await trio.to_thread.run_sync(self._may_be_ours, holder.pid):
             return
         error = app.endpoint_taken(holder)
         log.error("%s", error.log_text())
