@@ -235,9 +235,23 @@ async def test_a_404_under_a_longer_path_names_the_apps_whose_patterns_failed() 
         assert response.status == 404
         message = response.json()["error"]["message"]
         assert "/v1/completions" in message
-        assert "under /v1 go only to the apps of that path (b)" in message
-        assert "no body_regex of theirs matched" in message
+        assert "under /v1 go only to the apps of that path" in message
+        assert "no body_regex of the apps of /v1 (b) matched" in message
         assert rph.supervisor.apps["a"].starts == 0
+
+
+@pytest.mark.timeout(20)
+async def test_a_404_with_no_shorter_path_names_only_the_patterns_that_failed() -> None:
+    async with running_rph([app("b", path="/v1", body_regex='"model": "b"')]) as rph:
+        body = orjson.dumps({"model": "a", "prompt": "Hi"})
+        response = await request(rph.port, "POST", "/v1/completions", body)
+
+        assert response.status == 404
+        message = response.json()["error"]["message"]
+        assert message == (
+            "no app on this port answers /v1/completions with this body:"
+            " no body_regex of the apps of /v1 (b) matched"
+        )
 
 
 @pytest.mark.timeout(20)

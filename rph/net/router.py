@@ -70,6 +70,21 @@ class PortRouter:
         """Whether the route of `path` may depend on the request's body."""
         return any(app.body_regex is not None for app in self._candidates(path))
 
+    def _no_route_message(self, path: str, candidates: list[AppConfig]) -> str:
+        if not candidates:
+            return f"no app on this port answers {path}"
+        names = ", ".join(app.name for app in candidates)
+        prefix = candidates[0].path
+        failed = f"no body_regex of the apps of {prefix} ({names}) matched"
+        if not any(under(path, p) for p in self._paths if len(p) < len(prefix)):
+            return f"no app on this port answers {path} with this body: {failed}"
+        # The longest path wins even when its apps all turn the body down; say
+        # so, or an app of a shorter path whose pattern fits looks passed over.
+        return (
+            f"no app on this port answers {path} with this body: requests under"
+            f" {prefix} go only to the apps of that path, and {failed}"
+        )
+
     def route(self, path: str, body: bytes | bytearray) -> Route:
         """The route for a request; raises NoRoute (404)."""
         candidates = self._candidates(path)
@@ -82,21 +97,7 @@ class PortRouter:
         if chosen is None:
             chosen = next((a for a in candidates if a.body_regex is None), None)
         if chosen is None:
-            raise NoRoute(_no_route_message(path, candidates))
+            raise NoRoute(self._no_route_message(path, candidates))
         passive = any(under(path, p) for p in chosen.passive_paths)
         siblings = tuple(a.name for a in candidates) if passive else ()
         return Route(chosen, passive, siblings)
-
-
-def _no_route_message(path: str, candidates: list[AppConfig]) -> str:
-    if not candidates:
-        return f"no app on this port answers {path}"
-    # The longest path wins even when its apps all turn the body down; name
-    # them, or an app of a shorter path whose pattern fits looks passed over.
-    prefix = candidates[0].path
-    names = ", ".join(app.name for app in candidates)
-    return (
-        f"no app on this port answers {path} with this body: requests under"
-        f" {prefix} go only to the apps of that path ({names}), and no"
-        " body_regex of theirs matched"
-    )
