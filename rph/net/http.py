@@ -12,7 +12,6 @@ the status to answer; the connection is closed after.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,12 +23,10 @@ from rph.errors import (
     BodyTooLarge,
     HeadTooLarge,
     RequestTimeout,
-    RPHError,
-    UnsupportedCoding,
-    VersionNotSupported,
 )
 from rph.net.client import ClientConnection, ClientGone
 from rph.net.plainhead import read_plain_head
+from rph.net.refusals import refusal_for, version_refusal
 
 # The limits of the design: a head is at most 64 KiB and 100 header lines;
 # no client legitimately sends more, and a backend may choke on it.
@@ -46,33 +43,6 @@ HEAD_DEADLINE = 30.0
 BODY_IDLE_DEADLINE = 30.0
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-# What h11 refuses, by the start of its message (h11/_readers.py,
-# _headers.py, _events.py), said for a person: h11's own words show its
-# internals, a bytearray's repr among them. Anything else it refuses is
-# answered as a "malformed request".
-_PLAIN_MESSAGES = (
-    ("illegal request line", "malformed request line; expected METHOD /path HTTP/1.1"),
-    ("no request line", "malformed request line; expected METHOD /path HTTP/1.1"),
-    ("continuation line", "malformed head: it starts with a folded header line"),
-    ("illegal header line", "malformed header line; expected Name: value"),
-    ("conflicting content-length", "the Content-Length values differ"),
-    ("bad content-length", "Content-Length is not a number of bytes"),
-    ("missing mandatory host", "missing Host header (HTTP/1.1 requires one)"),
-    ("found multiple host", "more than one Host header"),
-    ("illegal chunk header", "malformed chunk size; expected a hexadecimal number"),
-    ("malformed chunk footer", "malformed chunked body: a chunk must end with CRLF"),
-)
-
-# RFC 9112 §2.3: the version is HTTP/DIGIT.DIGIT, which h11 reads, leaving
-# any but 1.0 and 1.1 to RPH (505). A request line well formed but for a
-# version of digits alone (HTTP/3, as that version is called) asks for
-# another HTTP too: 505 as well, not 400.
-_OTHER_VERSION = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/([0-9]+)")
-
-# A coding name is shown up to this long: real ones are short, and a
-# hostile header need not come back whole.
-SHOWN_CODING_CHARS = 40
 
 
 @dataclass
@@ -237,7 +207,7 @@ def _parsed_head(
     try:
         event = parser.next_event()
     except h11.RemoteProtocolError as exc:
-        raise _protocol_error(exc, bytes(buffer)) from None
+        raise refusal_for(exc, HEAD_LIMIT, bytes(buffer)) from None
     if not isinstance(event, h11.Request):
         return None
     # h11 checks the head limit only while it waits for more data, so a
@@ -257,7 +227,7 @@ def _request(
     method: bytes, target: bytes, version: bytes, headers: list[tuple[bytes, bytes]]
 ) -> Request:
     if version not in (b"1.0", b"1.1"):
-        raise _version_error(version)
+        raise version_refusal(version)
     if len(headers) > HEADER_LINES_LIMIT:
         raise HeadTooLarge(f"more than {HEADER_LINES_LIMIT} header lines")
     tokens = frozenset(
@@ -285,70 +255,6 @@ def _check_framing(request: Request) -> None:
             raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0")
 
 
-def _protocol_error(exc: h11.RemoteProtocolError, head: bytes = b"") -> RPHError:
-    """The error to answer for what h11 refused; `head` is the buffer that
-    starts with the request's head, when the head is what it refused."""
-    if exc.error_status_hint == 431:
-        return HeadTooLarge(f"request head over {HEAD_LIMIT} bytes")
-    if exc.error_status_hint == 501:
-        return _coding_error(_head_lines(head))
-    refusal = str(exc).lower()
-    if refusal.startswith("illegal request line"):
-        request_line = _head_lines(head)[:1]
-        if request_line and (other := _OTHER_VERSION.fullmatch(request_line[0])):
-            return _version_error(other[1])
-    for start, message in _PLAIN_MESSAGES:
-        if refusal.startswith(start):
-            return BadRequest(message)
-    return BadRequest("malformed request")
-
-
-def _head_lines(data: bytes) -> list[bytes]:
-    """The lines of the head that starts `data`, without their ends."""
-    lines = []
-    # Past the limit no head is read: the body that follows is not split.
-    for line in data[:HEAD_LIMIT].split(b"\n"):
-        line = line.removesuffix(b"\r")
-        if not line:
-            break
-        lines.append(line)
-    return lines
-
-
-def _coding_error(lines: list[bytes]) -> RPHError:
-    """What to answer for a Transfer-Encoding other than one `chunked`.
-
-    RFC 9110 §15.6.2: a coding the server does not know is 501. Chunked
-    named twice (in one header or two) is no coding RPH fails to know but
-    a malformed request (RFC 9112 §6.1), 400.
-    """
-    fields: list[bytes] = []
-    for line in lines[1:]:
-        if line.startswith((b" ", b"\t")) and fields:
-            fields[-1] += line  # RFC 9112 §5.2: a folded line, read as h11 does
-        else:
-            fields.append(line)
-    codings = [
-        coding.strip().lower()
-        for field in fields
-        if field.lower().startswith(b"transfer-encoding:")
-        for coding in field.partition(b":")[2].split(b",")
-    ]
-    unknown = [coding for coding in codings if coding and coding != b"chunked"]
-    if unknown:
-        shown = unknown[0].decode("latin-1")[:SHOWN_CODING_CHARS]
-        return UnsupportedCoding(
-            f"Transfer-Encoding {shown} is not supported; send the body as it"
-            " is, with Content-Length, or chunked"
-        )
-    return BadRequest("malformed Transfer-Encoding; expected chunked, named once")
-
-
-def _version_error(version: bytes) -> RPHError:
-    shown = version.decode("latin-1")
-    return VersionNotSupported(f"HTTP/{shown} is not supported; use HTTP/1.1")
-
-
 async def _read_chunked(
     conn: ClientConnection, parser: h11.Connection, limit: int, seen: int
 ) -> bytes:
@@ -364,7 +270,7 @@ async def _read_chunked(
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError as exc:
-            raise _protocol_error(exc) from None
+            raise refusal_for(exc, HEAD_LIMIT) from None
         if isinstance(event, h11.Data):
             size += len(event.data)
             if size > limit:
