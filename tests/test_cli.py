@@ -312,7 +312,7 @@ async def test_status_prints_a_table(tmp_path: Path) -> None:
     assert chat.split()[:3] == ["chat", "ready", str(pid)]
     assert coder.split()[:3] == ["coder", "stopped", "-"]
     # Columns line up: each value starts where its heading does.
-    for heading in ("STATE", "PID", "UP", "REQUESTS", "STARTS"):
+    for heading in ("STATE", "PID", "UP", "IN FLIGHT", "STARTS"):
         column = header.index(heading)
         assert chat[column - 1 : column + 1].startswith(" "), heading
         assert chat[column] != " ", heading
