@@ -7,9 +7,11 @@ the test's trio run, so a test can look at the supervisor directly.
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -257,3 +259,45 @@ def status_of(raw: bytes) -> int:
     """The status code of the first response in `raw`, or 0 if none."""
     parts = raw.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+async def serve_then_stop(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+    limit: float = 20.0,
+) -> tuple[int, str]:
+    """Run `python -m rph` until it listens, await `meanwhile`, then Ctrl-C.
+
+    Returns the exit status and everything it logged.
+    """
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "rph", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    logged = b""
+    try:
+        with trio.fail_after(limit):
+            while b"listening on" not in logged:
+                chunk = await process.stderr.receive_some()
+                assert chunk, logged.decode()
+                logged += chunk
+            if meanwhile is not None:
+                await meanwhile()
+            process.send_signal(signal.SIGINT)
+            while chunk := await process.stderr.receive_some():
+                logged += chunk
+            status = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    return status, logged.decode()

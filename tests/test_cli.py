@@ -7,11 +7,9 @@ Checking a config, finding it, refusing a port someone else holds, and the
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from support import (
     python_program,
     request,
     running_rph,
+    serve_then_stop,
     standin,
 )
 
@@ -79,48 +78,6 @@ async def run_rph(
             capture_stderr=True,
             check=False,
         )
-
-
-async def serve_then_stop(
-    args: Sequence[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    port: int | None = None,
-) -> tuple[int, str]:
-    """Run RPH until it listens, ask `port` for a completion, then Ctrl-C.
-
-    Returns the exit status and everything it logged.
-    """
-    process = await trio.lowlevel.open_process(
-        [PYTHON, "-m", "rph", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    logged = b""
-    try:
-        with trio.fail_after(QUICK):
-            while b"listening on" not in logged:
-                chunk = await process.stderr.receive_some()
-                assert chunk, logged.decode()
-                logged += chunk
-            if port is not None:
-                answer = await request(port, "POST", "/v1/completions", b"{}")
-                assert answer.status == 200
-            process.send_signal(signal.SIGINT)
-            while chunk := await process.stderr.receive_some():
-                logged += chunk
-            status = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
-    return status, logged.decode()
 
 
 # --check
@@ -251,7 +208,13 @@ async def test_quiet_apps_hides_the_apps_output_only(
     path = write_config(tmp_path / "config.json", [entry("chat", port)])
     args = ["--config", str(path), *(["--quiet-apps"] if quiet else [])]
 
-    status, logged = await serve_then_stop(args, cwd=tmp_path, env=home, port=port)
+    async def complete() -> None:
+        answer = await request(port, "POST", "/v1/completions", b"{}")
+        assert answer.status == 200
+
+    status, logged = await serve_then_stop(
+        args, cwd=tmp_path, env=home, meanwhile=complete
+    )
 
     assert status == 0, logged
     assert "starting chat: " in logged

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import trio
-from support import ROOT, free_port, python_program, request
+from support import ROOT, free_port, python_program, request, serve_then_stop
 
 from rph.errors import BackendFailed, StartTimeout
 from rph.logline import OneLineFormatter
@@ -60,31 +56,17 @@ async def test_a_failed_start_is_logged_on_one_line(tmp_path: Path) -> None:
             [entry("failer", port, "/", FAILER), entry("silent", port, "/s", SILENT)]
         )
     )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rph", "--config", str(config)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    answers = {}
+
+    async def fail_both() -> None:
+        answers["failed"] = await request(port, "GET", "/")
+        answers["timed out"] = await request(port, "GET", "/s")
+
+    status, logged = await serve_then_stop(
+        ["--config", str(config)], cwd=ROOT, meanwhile=fail_both
     )
-    assert process.stderr is not None
-    logged = b""
-    try:
-        while b"listening on" not in logged:
-            chunk = await process.stderr.receive_some()
-            assert chunk, logged.decode()
-            logged += chunk
-        failed = await request(port, "GET", "/")
-        timed_out = await request(port, "GET", "/s")
-        process.send_signal(signal.SIGINT)
-        while chunk := await process.stderr.receive_some():
-            logged += chunk
-        assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await process.stderr.aclose()
+    assert status == 0, logged
+    failed, timed_out = answers["failed"], answers["timed out"]
 
     # The client reads the app's lines one below the other.
     assert failed.status == 502
@@ -96,7 +78,7 @@ async def test_a_failed_start_is_logged_on_one_line(tmp_path: Path) -> None:
         "(start_timeout). Last output:\n(nothing)"
     )
 
-    lines = logged.decode().splitlines()
+    lines = logged.splitlines()
     assert [line for line in lines if not RECORD_START.match(line)] == []
     errors = [line[len("00:00:00 ERROR   ") :] for line in lines if " ERROR " in line]
     assert errors == [
