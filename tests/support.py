@@ -246,6 +246,17 @@ async def raw_exchange(
     return received
 
 
+async def read_until(sock: trio.SocketStream, end: bytes) -> bytes:
+    """What the server sends until it has sent `end` (10 s at most)."""
+    received = b""
+    with trio.fail_after(10):
+        while not received.endswith(end):
+            chunk = await sock.receive_some(65536)
+            assert chunk, f"closed before {end!r}: {received!r}"
+            received += chunk
+    return received
+
+
 async def read_until_eof(sock: trio.SocketStream) -> bytes:
     """Everything the server sends until it closes (10 s at most)."""
     received = b""

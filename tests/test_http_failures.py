@@ -25,6 +25,7 @@ from support import (
     exchange,
     free_port,
     read_response,
+    read_until,
     read_until_eof,
     request,
     running_rph,
@@ -205,9 +206,7 @@ async def test_client_leaving_a_silent_stream_closes_the_backend_connection(
         await rph.supervisor.preload("llm")
         sock = await connect(rph.port)
         await sock.send_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        received = b""
-        while not received.endswith(b"hello\r\n"):
-            received += await sock.receive_some(65536)
+        await read_until(sock, b"hello\r\n")
         if how == "reset":
             linger = struct.pack("ii", 1, 0)
             sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)

@@ -26,6 +26,7 @@ from support import (
     exchange,
     free_port,
     read_response,
+    read_until,
     read_until_eof,
     request,
     running_rph,
@@ -446,7 +447,5 @@ async def test_informational_responses_reach_http11_clients_only() -> None:
             sock = await connect(rph.port)
             async with sock:
                 await sock.send_all(b"GET / HTTP/%s\r\nHost: x\r\n\r\n" % version)
-                received = b""
-                while not received.endswith(b"ok"):
-                    received += await sock.receive_some(65536)
+                received = await read_until(sock, b"ok")
             assert received.replace(b"Connection: close\r\n", b"") == expected

@@ -21,6 +21,7 @@ from support import (
     app,
     connect,
     exchange,
+    read_until,
     read_until_eof,
     request,
     running_rph,
@@ -125,9 +126,7 @@ async def test_rph_stops_at_once_under_a_lane_in_a_stream_gone_silent() -> None:
             await rph.supervisor.preload("llm")
             sock = await connect(rph.port)
             await sock.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            received = b""
-            while not received.endswith(b"first\r\n"):
-                received += await sock.receive_some(1024)
+            await read_until(sock, b"first\r\n")
         # Cut short: the client never got the chunk that ends the body.
         assert not (await read_until_eof(sock)).endswith(b"0\r\n\r\n")
         await sock.aclose()
@@ -163,9 +162,7 @@ async def test_a_stream_gone_silent_is_waited_on_not_spun_on(
         sock = await connect(rph.port)
         async with sock:
             await sock.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            received = b""
-            while not received.endswith(b"first\r\n"):
-                received += await sock.receive_some(1024)
+            await read_until(sock, b"first\r\n")
             if client_sends == "its end":
                 await sock.send_eof()
             else:
