@@ -38,7 +38,7 @@ import trio
 from rph.config import Config
 from rph.config_keys import SECONDS_PER_MINUTE
 from rph.errors import BackendFailed, NoRoute, NothingRunning, RPHError
-from rph.proc import admission
+from rph.proc import admission, ports
 from rph.proc.admission import Waiter
 from rph.proc.changes import Changes
 from rph.proc.child import Child
@@ -175,7 +175,10 @@ class Supervisor:
     async def _wait_for_turn(self, app: OnDemandApp) -> None:
         waiter = Waiter(app, trio.current_time())
         if app.state is State.STOPPED:
-            await self._refuse_if_endpoint_taken(app)
+            trees = [a.child for a in self.apps.values()]
+            trees += [p.child for p in self.pausables]
+            running = [child for child in trees if child is not None]
+            await ports.refuse_if_taken(app, self.apps.values(), running)
         if app.state is State.STARTING:
             waiter.attempt = app.attempt
         with self._lock:
@@ -199,39 +202,6 @@ class Supervisor:
                     self._queue.remove(waiter)
             if queued:
                 self._reconcile()
-
-    async def _refuse_if_endpoint_taken(self, app: OnDemandApp) -> None:
-        """Raise BackendFailed (502) if a program RPH did not start holds the
-        endpoint of `app`, which is stopped.
-
-        Checked before the request queues: a queued request pauses the
-        pausables and stops conflicting apps, for nothing if the start is
-        refused after. The start looks again: the port may be taken
-        meanwhile, or held by a pausable that this look cannot tell.
-        """
-        port = app.config.endpoint_port
-        others = self.apps.values()
-        if any(o.is_active() and o.config.endpoint_port == port for o in others):
-            return  # an app of RPH's holds it, and makes way before the start
-        holder = await app.endpoint_holder()
-        if holder is None:
-            return
-        # Walking the process trees reads the process table: not in the loop.
-        if await trio.to_thread.run_sync(self._may_be_ours, holder.pid):
-            return
-        error = app.endpoint_taken(holder)
-        log.error("%s", error.log_text())
-        raise error
-
-    def _may_be_ours(self, pid: int | None) -> bool:
-        """True if `pid` is of a process tree RPH started, or if the system
-        did not say whose it is (None) while any such tree runs."""
-        children = [a.child for a in self.apps.values()]
-        children += [p.child for p in self.pausables]
-        running = [child for child in children if child is not None]
-        if pid is None:
-            return bool(running)
-        return any(child.has_member(pid) for child in running)
 
     # -- control --------------------------------------------------------
 
